@@ -1,0 +1,21 @@
+"""vmoba: block-sparse (VMoBA) and criss-cross attention, event and motion front ends for diffusers."""
+
+from .attention import AttentionStats, dense_attention, select_blocks, vmoba_attention
+from .config import VMoBAConfig
+from .partition import BlockPartition, get_partition, partition_blocks
+from .selection import BlockSelection, compute_selection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionStats",
+    "BlockPartition",
+    "BlockSelection",
+    "VMoBAConfig",
+    "compute_selection",
+    "dense_attention",
+    "get_partition",
+    "partition_blocks",
+    "select_blocks",
+    "vmoba_attention",
+]

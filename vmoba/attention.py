@@ -1,0 +1,220 @@
+"""`vmoba_attention`: the one entry point from ``(q, k, v, grid)`` to the attention output.
+
+latent grid -> partition -> block means -> gate scores -> selection -> sparse attention -> output in the
+original order. Text tokens (joint-attention models) are split off here: video queries see every text key
+plus their selected blocks, text queries attend densely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import VMoBAConfig, as_config
+from .kernels._triton import triton_unavailable_reason
+from .partition import get_partition, validate_grid
+from .selection import BlockSelection, compute_selection
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class AttentionStats:
+    """What one `vmoba_attention` call did. Densities are fractions of video query-key pairs."""
+
+    scheme: str
+    num_blocks: int
+    granularity: str
+    backend: str
+    density: float  # pairs each query selected, averaged over batch and heads
+    compute_density: float  # pairs the tile-level work computes (the union per tile in token granularity)
+    dense_reason: str | None = None  # set when the call ran dense attention, and why
+
+    @property
+    def sparse(self) -> bool:
+        return self.dense_reason is None
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have shape (batch, seq_len, heads, head_dim), got {tuple(x.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k and v must have the same (batch, seq_len, heads, head_dim) shape for self-attention, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {q.dtype}; use one of {SUPPORTED_DTYPES}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.numel() == 0:
+        raise ValueError(f"q, k and v must not be empty, got shape {tuple(q.shape)}")
+
+
+def check_finite(*tensors: torch.Tensor, names: Sequence[str] = ("q", "k", "v")) -> None:
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+    bad = [n for n, ok in zip(names, flags) if not ok]
+    if bad:
+        raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)}")
+
+
+def resolve_backend(config: VMoBAConfig, device: torch.device) -> str:
+    reason = triton_unavailable_reason(device)
+    if config.backend == "triton":
+        if reason is not None:
+            raise RuntimeError(f"VMoBAConfig.backend='triton' cannot run here: {reason}")
+        return "triton"
+    if config.backend == "auto" and device.type == "cuda" and reason is None:
+        return "triton"
+    return "torch"
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax attention on ``(B, S, H, D)`` tensors through PyTorch SDPA."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
+
+
+def _split_text(x: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if text_first:
+        return x[:, :text_len], x[:, text_len:]
+    S = x.shape[1]
+    return x[:, S - text_len :], x[:, : S - text_len]
+
+
+def vmoba_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: Sequence[int],
+    layer_idx: int = 0,
+    config: VMoBAConfig | Mapping[str, Any] | None = None,
+    *,
+    text_len: int = 0,
+    text_first: bool = True,
+    scale: float | None = None,
+    return_stats: bool = False,
+):
+    """VMoBA block-sparse self-attention.
+
+    Args:
+        q, k, v: ``(B, S, H, D)``, as diffusers passes them to ``dispatch_attention_fn``.
+        grid: latent token grid ``(T, H, W)`` of the video tokens, ``T * H * W == S - text_len``,
+            tokens in frame-major order.
+        layer_idx: index of the attention layer; picks the partition scheme from ``config.layer_schedule``.
+        config: a `VMoBAConfig` (or a dict of its fields); None for the defaults.
+        text_len: number of text tokens in the sequence, first (``text_first``, CogVideoX) or last
+            (HunyuanVideo). Video queries attend to every text key; text queries attend densely.
+        scale: softmax scale, ``1 / sqrt(D)`` by default.
+        return_stats: also return an `AttentionStats`.
+
+    Returns:
+        ``(B, S, H, D)`` in q's dtype, or ``(output, stats)`` with ``return_stats``.
+    """
+    config = as_config(config)
+    check_qkv(q, k, v)
+    B, S, H, D = q.shape
+    grid = validate_grid(grid)
+    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
+        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    n_video = S - text_len
+    if math.prod(grid) != n_video:
+        raise ValueError(
+            f"grid {grid} holds {math.prod(grid)} tokens but the sequence has {n_video} video tokens "
+            f"(seq_len {S} - text_len {text_len})"
+        )
+    if config.validate_inputs:
+        check_finite(q, k, v)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scheme = config.scheme_for_layer(layer_idx)
+    chunk = config.chunk_for_scheme(scheme)
+
+    dense_reason = None
+    if layer_idx in config.dense_layers:
+        dense_reason = f"layer {layer_idx} is in dense_layers"
+    elif n_video < config.min_tokens:
+        dense_reason = f"{n_video} video tokens < min_tokens={config.min_tokens}"
+    elif config.is_dense():
+        dense_reason = "threshold=1.0 keeps every block"
+    if dense_reason is not None:
+        out = dense_attention(q, k, v, scale)
+        if not return_stats:
+            return out
+        part = get_partition(grid, scheme, chunk, "cpu")
+        return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, 1.0, dense_reason)
+
+    backend = resolve_backend(config, q.device)
+    if text_len:
+        qt, qv = _split_text(q, text_len, text_first)
+        kt, kv = _split_text(k, text_len, text_first)
+        vt, vv = _split_text(v, text_len, text_first)
+    else:
+        qv, kv, vv = q, k, v
+        kt = vt = None
+
+    part = get_partition(grid, scheme, chunk, q.device)
+    selection = compute_selection(qv, kv, part, config, scheme, backend=backend)
+    out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
+
+    if text_len:
+        out_t = dense_attention(qt, k, v, scale)
+        out = torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
+    else:
+        out = out_v
+    if not return_stats:
+        return out
+    stats = AttentionStats(
+        scheme=scheme,
+        num_blocks=part.num_blocks,
+        granularity=config.granularity,
+        backend=backend,
+        density=float(selection.density().mean()),
+        compute_density=float(selection.compute_density().mean()),
+    )
+    return out, stats
+
+
+def _sparse_attention(q, k, v, selection: BlockSelection, scale, text_k, text_v, backend, config) -> torch.Tensor:
+    if backend == "triton":
+        from .kernels.sparse_attention import block_sparse_attention_triton
+
+        return block_sparse_attention_triton(q, k, v, selection, scale, text_k, text_v)
+    from .kernels.sparse_attention import block_sparse_attention_torch
+
+    out, _ = block_sparse_attention_torch(q, k, v, selection, scale, text_k, text_v, config.memory_budget_mb)
+    return out
+
+
+def select_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    grid: Sequence[int],
+    layer_idx: int = 0,
+    config: VMoBAConfig | Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """``BoolTensor[B, H, S, n_blocks]``: the key blocks each query attends (own block included), for video
+    tokens ``q, k`` of shape ``(B, S, H, D)`` in frame-major order. In ``tile`` granularity every query
+    carries its tile's list."""
+    config = as_config(config)
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(
+            f"q and k must both have shape (batch, seq_len, heads, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    grid = validate_grid(grid)
+    if math.prod(grid) != q.shape[1]:
+        raise ValueError(f"grid {grid} holds {math.prod(grid)} tokens but q has seq_len {q.shape[1]}")
+    if config.validate_inputs:
+        check_finite(q, k, names=("q", "k"))
+    scheme = config.scheme_for_layer(layer_idx)
+    part = get_partition(grid, scheme, config.chunk_for_scheme(scheme), q.device)
+    backend = resolve_backend(config, q.device)
+    return compute_selection(q, k, part, config, scheme, backend=backend).token_mask()

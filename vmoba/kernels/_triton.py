@@ -1,0 +1,41 @@
+"""Optional Triton import, and the rule for when the Triton kernels can run.
+
+Triton decides at decoration time whether kernels are compiled or interpreted, so ``TRITON_INTERPRET=1``
+must be in the environment before ``vmoba`` is imported for the interpreter (CPU) to be used.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # pragma: no cover - exercised implicitly
+    import triton
+    import triton.language as tl
+
+    triton_available = True
+except Exception:  # ImportError, or a broken install
+    triton = None
+    tl = None
+    triton_available = False
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None when the Triton kernels can run on ``device``; otherwise why not, in words a user can act on."""
+    if not triton_available:
+        return "Triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        if INTERPRET:
+            return "TRITON_INTERPRET=1 is set, so Triton kernels would run in the interpreter, not on the GPU"
+        return None
+    if device.type == "cpu":
+        if INTERPRET:
+            return None
+        return (
+            "the Triton backend runs on CPU tensors only in the interpreter: set TRITON_INTERPRET=1 before "
+            "importing vmoba, or use backend='torch'"
+        )
+    return f"the Triton backend does not support {device.type} tensors"

@@ -1,0 +1,286 @@
+"""Block selection: which key blocks each query (or query tile) attends.
+
+Data flow: block means of the keys (`kbar`) -> gate scores ``s = q . kbar`` in float32 -> the threshold or
+top-k rule of the configured group -> a `BlockSelection`, the structure the attention backends consume.
+
+The threshold rule of a group (one query of one head for ``query_head``; larger groups for the global
+types) over its (query, block) pairs:
+
+* min-max normalise the scores to ``n`` in [0, 1] (when max - min <= 1e-6, divide by 1);
+* ``share`` = mass of the own pairs / (total + 1e-6); ``remain = max(threshold - share, 0)``;
+* sort the other pairs by ``n`` descending (ties: lower index first) and keep the sorted prefix up to and
+  including the first position whose running mass / (total + 1e-6) reaches ``remain`` (all if never).
+
+The own pairs are always kept and never take part in the sort, so at least one other pair is kept
+whenever one exists. Instead of a full sort, the PyTorch path takes a growing top-k of a composite integer
+key (score bits, then index) until the cut falls inside it: exact, and several times cheaper than sorting
+every row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import VMoBAConfig
+from .kernels.block_pool import pool_segments_reference
+from .partition import BlockPartition, TileLayout
+
+EPS = 1e-6
+OWN_KEY = torch.iinfo(torch.int64).min
+_INT32_MAGNITUDE = 0x7FFFFFFF
+
+
+# -- selection rules on a [groups, members] matrix ----------------------------------------------------------
+
+
+def _sort_keys(values: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Distinct int64 keys ordering members by value descending, then by index ascending; own pairs last."""
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    bits = torch.where(bits < 0, bits ^ _INT32_MAGNITUDE, bits)  # float order -> integer order
+    m = values.shape[-1]
+    index_bits = max(1, (m - 1).bit_length())
+    if index_bits > 31:
+        raise ValueError(f"a selection group of {m} members is too large (at most 2**31)")
+    key = (bits << index_bits) | ((1 << index_bits) - 1 - torch.arange(m, device=values.device))
+    return key.masked_fill_(own, OWN_KEY)
+
+
+def normalise_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max normalisation over the last dim; a flat row (max - min <= 1e-6) is divided by 1."""
+    low = scores.amin(-1, keepdim=True)
+    span = scores.amax(-1, keepdim=True) - low
+    span = torch.where(span <= EPS, torch.ones_like(span), span)
+    return (scores - low) / span
+
+
+def threshold_select(scores: torch.Tensor, own: torch.Tensor, threshold: float, k_hint: int = 16):
+    """Threshold rule on each row of ``scores`` ([G, M] float32) with own pairs ``own`` ([G, M] bool).
+
+    Returns ``(selected [G, M] bool, k)`` where ``k`` is a good first guess of the top-k width for the
+    next call on similar rows (the widest cut seen here, with some margin).
+    """
+    G, M = scores.shape
+    if threshold >= 1.0:
+        return torch.ones_like(own), k_hint
+    n = normalise_scores(scores)
+    denom = n.sum(-1) + EPS
+    remain = (threshold - (n * own).sum(-1) / denom).clamp_min(0.0)
+    n_others = M - own.sum(-1)
+    key = _sort_keys(n, own)
+    selected = own.clone()
+    rows = None  # None: every row still open
+    k = max(1, min(M, k_hint))
+    used = 1
+    while True:
+        key_r = key if rows is None else key[rows]
+        top_key, top_idx = key_r.topk(k, dim=-1, sorted=True)
+        is_other = top_key != OWN_KEY
+        vals = (n if rows is None else n[rows]).gather(-1, top_idx) * is_other
+        den_r = denom if rows is None else denom[rows]
+        rem_r = remain if rows is None else remain[rows]
+        reached = (vals.cumsum(-1) / den_r[:, None] >= rem_r[:, None]) & is_other
+        any_reached = reached.any(-1)
+        done = any_reached | (k >= (n_others if rows is None else n_others[rows]))
+        cut = torch.where(any_reached, reached.to(torch.uint8).argmax(-1), k - 1)
+        take = (torch.arange(k, device=n.device) <= cut[:, None]) & is_other
+        used = max(used, int(cut[any_reached].max()) + 1 if bool(any_reached.any()) else 1)
+        hit = torch.zeros_like(key_r, dtype=torch.bool).scatter_(-1, top_idx, take)
+        if rows is None and bool(done.all()):
+            selected |= hit
+            break
+        idx = torch.arange(G, device=n.device) if rows is None else rows
+        selected[idx[done]] |= hit[done]
+        rows = idx[~done]
+        if rows.numel() == 0:
+            break
+        k = min(M, 2 * k)
+    return selected, int(used * 1.25) + 4
+
+
+def topk_select(scores: torch.Tensor, own: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Keep the own pairs and the highest-scoring others, ``budget`` pairs per row in all (own included)."""
+    own_count = own.sum(-1)
+    take_n = torch.minimum((budget - own_count).clamp_min(0), scores.shape[-1] - own_count)
+    k = int(take_n.max()) if take_n.numel() else 0
+    if k == 0:
+        return own.clone()
+    top_idx = _sort_keys(scores, own).topk(k, dim=-1, sorted=True).indices
+    take = torch.arange(k, device=scores.device) < take_n[:, None]
+    return own | torch.zeros_like(own).scatter_(-1, top_idx, take)
+
+
+# -- the selection structure ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSelection:
+    """Which key blocks each query attends, in the form the attention backends consume.
+
+    Rows are in blocked order (see `vmoba.partition`). ``tile_mask[b, h, t, j]`` says whether work tile
+    ``t`` computes key block ``j``; in ``tile`` granularity that is the selection itself, in ``token``
+    granularity the union over the tile's queries, with ``row_mask`` holding each query's own choice.
+    """
+
+    partition: BlockPartition
+    tiles: TileLayout
+    granularity: str
+    tile_mask: torch.Tensor  # [B, H, n_tiles, n_blocks] bool
+    row_mask: torch.Tensor | None  # [B, H, S, n_blocks] bool (token granularity), blocked order
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        B, H = self.tile_mask.shape[:2]
+        return B, H, self.partition.num_tokens, self.partition.num_blocks
+
+    def query_mask(self) -> torch.Tensor:
+        """[B, H, S, n_blocks] selection of every query, blocked order."""
+        if self.row_mask is not None:
+            return self.row_mask
+        return self.tile_mask.index_select(2, self.tiles.token_tile)
+
+    def token_mask(self) -> torch.Tensor:
+        """[B, H, S, n_blocks] selection of every query, original token order (what `select_blocks` returns)."""
+        return self.query_mask().index_select(2, self.partition.inverse)
+
+    def dense_mask(self) -> torch.Tensor:
+        """[B, H, S, S] boolean query-key mask in original order. Quadratic: for tests and small inputs."""
+        return self.token_mask().index_select(3, self.partition.block_ids)
+
+    def density(self) -> torch.Tensor:
+        """[B, H] fraction of video query-key pairs attended."""
+        sizes = self.partition.sizes.to(torch.float32)
+        S = self.partition.num_tokens
+        if self.row_mask is not None:
+            return (self.row_mask.to(torch.float32) @ sizes).sum(-1) / (S * S)
+        return self._tile_pairs() / (S * S)
+
+    def compute_density(self) -> torch.Tensor:
+        """[B, H] fraction of query-key pairs the tile-level kernels compute (the union per tile)."""
+        S = self.partition.num_tokens
+        return self._tile_pairs() / (S * S)
+
+    def _tile_pairs(self) -> torch.Tensor:
+        sizes = self.partition.sizes.to(torch.float32)
+        per_tile = self.tile_mask.to(torch.float32) @ sizes
+        return (per_tile * self.tiles.sizes.to(torch.float32)).sum(-1)
+
+    def kv_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compact block lists: ``(indices [B, H, n_tiles, max_count] int32, counts [B, H, n_tiles] int32)``.
+
+        Indices are ascending per tile; slots past the count hold ``n_blocks`` (a padding id).
+        """
+        nb = self.partition.num_blocks
+        counts = self.tile_mask.sum(-1)
+        width = max(1, int(counts.max()))
+        ids = torch.arange(nb, device=self.tile_mask.device, dtype=torch.int32)
+        keyed = torch.where(self.tile_mask, ids, torch.full_like(ids, nb))
+        indices = keyed.sort(-1).values[..., :width]
+        return indices.contiguous(), counts.to(torch.int32)
+
+
+# -- computing a selection ---------------------------------------------------------------------------------
+
+
+def _row_budget(config: VMoBAConfig, scheme: str, B: int, H: int, R: int, nb: int) -> int:
+    """Rows of [B, H, rows, nb] the query_head path may process at once within the memory budget."""
+    bytes_per_row = B * H * nb * 48
+    return max(1, (config.memory_budget_mb << 20) // max(1, bytes_per_row))
+
+
+def _gate_rows(rows_of: Callable[[int, int], torch.Tensor], kbar: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    q_rows = rows_of(r0, r1)  # [B, H, r, D] float32
+    return q_rows @ kbar.transpose(-1, -2)  # [B, H, r, nb]
+
+
+def compute_selection(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    partition: BlockPartition,
+    config: VMoBAConfig,
+    scheme: str,
+    backend: str = "torch",
+) -> BlockSelection:
+    """Select key blocks for the video tokens ``q, k`` of shape ``(B, S, H, D)`` (original order)."""
+    B, S, H, D = q.shape
+    nb = partition.num_blocks
+    tiles = partition.tiles(config.query_tile)
+    pool = pool_segments_reference
+    kbar = pool(k, partition.order, partition.offsets)  # [B, H, nb, D] float32
+
+    if config.granularity == "tile":
+        q_tiles = pool(q, partition.order, tiles.offsets)  # [B, H, n_tiles, D]
+        own_block = tiles.block
+        rows_of = lambda r0, r1: q_tiles[:, :, r0:r1]  # noqa: E731
+    else:
+        own_block = partition.blocked_ids()
+        order = partition.order
+        rows_of = lambda r0, r1: q.index_select(1, order[r0:r1]).transpose(1, 2).float()  # noqa: E731
+    R = own_block.numel()
+
+    mask = _select(rows_of, kbar, own_block, config, scheme, B, H, R, nb)
+
+    if config.granularity == "tile":
+        return BlockSelection(partition, tiles, "tile", mask, None)
+    union = torch.zeros(B, H, tiles.num_tiles, nb, device=mask.device, dtype=torch.int32)
+    for b in range(B):
+        union[b].index_add_(1, tiles.token_tile, mask[b].to(torch.int32))
+    return BlockSelection(partition, tiles, "token", union > 0, mask)
+
+
+def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R, nb) -> torch.Tensor:
+    device = kbar.device
+    group = config.threshold_type
+    topk = config.select_mode == "topk"
+    k_sel = config.topk_for_scheme(scheme)
+
+    if group == "query_head":
+        mask = torch.empty(B, H, R, nb, dtype=torch.bool, device=device)
+        step = _row_budget(config, scheme, B, H, R, nb)
+        hint = 16
+        for r0 in range(0, R, step):
+            r1 = min(R, r0 + step)
+            s = _gate_rows(rows_of, kbar, r0, r1).reshape(-1, nb)
+            own = torch.zeros(B, H, r1 - r0, nb, dtype=torch.bool, device=device)
+            own.scatter_(-1, own_block[r0:r1].view(1, 1, -1, 1).expand(B, H, -1, 1), True)
+            own = own.view(-1, nb)
+            if topk:
+                sel = topk_select(s, own, torch.full((s.shape[0],), k_sel, device=device))
+            else:
+                sel, hint = threshold_select(s, own, config.threshold, hint)
+            mask[:, :, r0:r1] = sel.view(B, H, r1 - r0, nb)
+        return mask
+
+    # global groups need every score of the group at once
+    s = torch.empty(B, H, R, nb, dtype=torch.float32, device=device)
+    step = _row_budget(config, scheme, B, H, R, nb)
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        s[:, :, r0:r1] = _gate_rows(rows_of, kbar, r0, r1)
+    own = torch.zeros(1, 1, R, nb, dtype=torch.bool, device=device)
+    own.scatter_(-1, own_block.view(1, 1, R, 1), True)
+    own = own.expand(B, H, R, nb)
+
+    if group == "head_global":
+        s_g, own_g, budget = s.view(B * H, R * nb), own.reshape(B * H, R * nb), k_sel * R
+    elif group == "overall":
+        s_g, own_g, budget = s.view(B, H * R * nb), own.reshape(B, H * R * nb), k_sel * H * R
+    else:  # block: one group per key block over every (head, query)
+        s_g = s.permute(0, 3, 1, 2).reshape(B * nb, H * R)
+        own_g = own.permute(0, 3, 1, 2).reshape(B * nb, H * R)
+        budget = math.ceil(k_sel * H * R / nb)
+    sel = torch.empty_like(own_g)
+    groups_per_step = max(1, (config.memory_budget_mb << 20) // max(1, s_g.shape[1] * 48))
+    hint = 16
+    for g0 in range(0, s_g.shape[0], groups_per_step):
+        g1 = min(s_g.shape[0], g0 + groups_per_step)
+        if topk:
+            sel[g0:g1] = topk_select(s_g[g0:g1], own_g[g0:g1], torch.full((g1 - g0,), budget, device=device))
+        else:
+            sel[g0:g1], hint = threshold_select(s_g[g0:g1], own_g[g0:g1], config.threshold, hint)
+    if group == "block":
+        return sel.view(B, nb, H, R).permute(0, 2, 3, 1).contiguous()
+    return sel.view(B, H, R, nb)
