@@ -185,9 +185,10 @@ def vmoba_attention(
 
 def _sparse_attention(q, k, v, selection: BlockSelection, scale, text_k, text_v, backend, config) -> torch.Tensor:
     if backend == "triton":
-        from .kernels.sparse_attention import block_sparse_attention_triton
+        from .kernels.sparse_attention_triton import block_sparse_attention_triton
 
-        return block_sparse_attention_triton(q, k, v, selection, scale, text_k, text_v)
+        out, _ = block_sparse_attention_triton(q, k, v, selection, scale, text_k, text_v)
+        return out
     from .kernels.sparse_attention import block_sparse_attention_torch
 
     out, _ = block_sparse_attention_torch(q, k, v, selection, scale, text_k, text_v, config.memory_budget_mb)

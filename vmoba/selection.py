@@ -26,91 +26,9 @@ from typing import Callable
 import torch
 
 from .config import VMoBAConfig
-from .kernels.block_pool import pool_segments_reference
+from .kernels.block_pool import pool_segments_reference, pool_segments_triton
+from .kernels.block_select import MAX_TRITON_BLOCKS, select_query_head_triton, threshold_select, topk_select
 from .partition import BlockPartition, TileLayout
-
-EPS = 1e-6
-OWN_KEY = torch.iinfo(torch.int64).min
-_INT32_MAGNITUDE = 0x7FFFFFFF
-
-
-# -- selection rules on a [groups, members] matrix ----------------------------------------------------------
-
-
-def _sort_keys(values: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """Distinct int64 keys ordering members by value descending, then by index ascending; own pairs last."""
-    bits = values.contiguous().view(torch.int32).to(torch.int64)
-    bits = torch.where(bits < 0, bits ^ _INT32_MAGNITUDE, bits)  # float order -> integer order
-    m = values.shape[-1]
-    index_bits = max(1, (m - 1).bit_length())
-    if index_bits > 31:
-        raise ValueError(f"a selection group of {m} members is too large (at most 2**31)")
-    key = (bits << index_bits) | ((1 << index_bits) - 1 - torch.arange(m, device=values.device))
-    return key.masked_fill_(own, OWN_KEY)
-
-
-def normalise_scores(scores: torch.Tensor) -> torch.Tensor:
-    """Min-max normalisation over the last dim; a flat row (max - min <= 1e-6) is divided by 1."""
-    low = scores.amin(-1, keepdim=True)
-    span = scores.amax(-1, keepdim=True) - low
-    span = torch.where(span <= EPS, torch.ones_like(span), span)
-    return (scores - low) / span
-
-
-def threshold_select(scores: torch.Tensor, own: torch.Tensor, threshold: float, k_hint: int = 16):
-    """Threshold rule on each row of ``scores`` ([G, M] float32) with own pairs ``own`` ([G, M] bool).
-
-    Returns ``(selected [G, M] bool, k)`` where ``k`` is a good first guess of the top-k width for the
-    next call on similar rows (the widest cut seen here, with some margin).
-    """
-    G, M = scores.shape
-    if threshold >= 1.0:
-        return torch.ones_like(own), k_hint
-    n = normalise_scores(scores)
-    denom = n.sum(-1) + EPS
-    remain = (threshold - (n * own).sum(-1) / denom).clamp_min(0.0)
-    n_others = M - own.sum(-1)
-    key = _sort_keys(n, own)
-    selected = own.clone()
-    rows = None  # None: every row still open
-    k = max(1, min(M, k_hint))
-    used = 1
-    while True:
-        key_r = key if rows is None else key[rows]
-        top_key, top_idx = key_r.topk(k, dim=-1, sorted=True)
-        is_other = top_key != OWN_KEY
-        vals = (n if rows is None else n[rows]).gather(-1, top_idx) * is_other
-        den_r = denom if rows is None else denom[rows]
-        rem_r = remain if rows is None else remain[rows]
-        reached = (vals.cumsum(-1) / den_r[:, None] >= rem_r[:, None]) & is_other
-        any_reached = reached.any(-1)
-        done = any_reached | (k >= (n_others if rows is None else n_others[rows]))
-        cut = torch.where(any_reached, reached.to(torch.uint8).argmax(-1), k - 1)
-        take = (torch.arange(k, device=n.device) <= cut[:, None]) & is_other
-        used = max(used, int(cut[any_reached].max()) + 1 if bool(any_reached.any()) else 1)
-        hit = torch.zeros_like(key_r, dtype=torch.bool).scatter_(-1, top_idx, take)
-        if rows is None and bool(done.all()):
-            selected |= hit
-            break
-        idx = torch.arange(G, device=n.device) if rows is None else rows
-        selected[idx[done]] |= hit[done]
-        rows = idx[~done]
-        if rows.numel() == 0:
-            break
-        k = min(M, 2 * k)
-    return selected, int(used * 1.25) + 4
-
-
-def topk_select(scores: torch.Tensor, own: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Keep the own pairs and the highest-scoring others, ``budget`` pairs per row in all (own included)."""
-    own_count = own.sum(-1)
-    take_n = torch.minimum((budget - own_count).clamp_min(0), scores.shape[-1] - own_count)
-    k = int(take_n.max()) if take_n.numel() else 0
-    if k == 0:
-        return own.clone()
-    top_idx = _sort_keys(scores, own).topk(k, dim=-1, sorted=True).indices
-    take = torch.arange(k, device=scores.device) < take_n[:, None]
-    return own | torch.zeros_like(own).scatter_(-1, top_idx, take)
 
 
 # -- the selection structure ------------------------------------------------------------------------------
@@ -208,20 +126,30 @@ def compute_selection(
     B, S, H, D = q.shape
     nb = partition.num_blocks
     tiles = partition.tiles(config.query_tile)
-    pool = pool_segments_reference
+    triton = backend == "triton"
+    pool = pool_segments_triton if triton else pool_segments_reference
     kbar = pool(k, partition.order, partition.offsets)  # [B, H, nb, D] float32
 
     if config.granularity == "tile":
         q_tiles = pool(q, partition.order, tiles.offsets)  # [B, H, n_tiles, D]
         own_block = tiles.block
-        rows_of = lambda r0, r1: q_tiles[:, :, r0:r1]  # noqa: E731
     else:
         own_block = partition.blocked_ids()
-        order = partition.order
-        rows_of = lambda r0, r1: q.index_select(1, order[r0:r1]).transpose(1, 2).float()  # noqa: E731
     R = own_block.numel()
 
-    mask = _select(rows_of, kbar, own_block, config, scheme, B, H, R, nb)
+    if triton and config.threshold_type == "query_head" and nb <= MAX_TRITON_BLOCKS:
+        topk = config.topk_for_scheme(scheme) if config.select_mode == "topk" else None
+        if config.granularity == "tile":
+            mask = select_query_head_triton(q_tiles, None, own_block, kbar, config.threshold, topk)
+        else:
+            mask = select_query_head_triton(q, partition.order, own_block, kbar, config.threshold, topk)
+    else:
+        if config.granularity == "tile":
+            rows_of = lambda r0, r1: q_tiles[:, :, r0:r1]  # noqa: E731
+        else:
+            order = partition.order
+            rows_of = lambda r0, r1: q.index_select(1, order[r0:r1]).transpose(1, 2).float()  # noqa: E731
+        mask = _select(rows_of, kbar, own_block, config, scheme, B, H, R, nb)
 
     if config.granularity == "tile":
         return BlockSelection(partition, tiles, "tile", mask, None)

@@ -39,3 +39,15 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
             "importing vmoba, or use backend='torch'"
         )
     return f"the Triton backend does not support {device.type} tensors"
+
+
+# Tests set POISON so that every buffer a kernel is meant to fill starts as NaN (floats) or True (masks):
+# an element the kernel forgot to write then fails the comparison instead of passing by luck.
+POISON = False
+
+
+def new_empty(*shape, dtype, device) -> torch.Tensor:
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if POISON:
+        out.fill_(True if dtype == torch.bool else float("nan"))
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import triton, tl, triton_available
+from ._triton import new_empty, tl, triton, triton_available
 
 
 def pool_segments_reference(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ def pool_segments_triton(x: torch.Tensor, order: torch.Tensor, offsets: torch.Te
     if x.stride(-1) != 1:
         x = x.contiguous()
     n = offsets.numel() - 1
-    out = torch.empty(B, H, n, D, device=x.device, dtype=torch.float32)
+    out = new_empty(B, H, n, D, device=x.device, dtype=torch.float32)
     block_d = triton.next_power_of_2(D)
     block_s = max(1, min(64, 4096 // block_d))
     _pool_segments_kernel[(n, B * H)](

@@ -1,0 +1,120 @@
+"""Shared helpers of the benchmark scripts: structured inputs, timing, machine description, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def structured_qkv(batch, grid, heads, head_dim, *, seed=0, dtype=torch.float32, device="cpu", noise=0.5, sharpness=1.0):
+    """q, k, v of shape (B, S, H, D) with the locality of a trained video model's attention.
+
+    i.i.d. random tensors make every key block look alike, which no trained video model does. Here a hidden
+    state varies smoothly over the (t, h, w) grid (noise on a coarse grid, trilinearly upsampled, plus
+    ``noise`` times white noise); per head, q and k are two noisy views of it, so q_i . k_j is large for
+    tokens that look alike (near in space and time) and the attention is local but content dependent.
+    ``sharpness`` scales the logits. v is an independent field of the same kind.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    T, H, W = grid
+    coarse = (max(1, T // 2), max(1, H // 4), max(1, W // 4))
+
+    def field():
+        f = torch.randn(batch, heads * head_dim, *coarse, generator=g)
+        f = F.interpolate(f, size=tuple(grid), mode="trilinear", align_corners=False)
+        f = f / f.std()
+        f = f + noise * torch.randn(f.shape, generator=g)
+        return f.view(batch, heads, head_dim, -1).permute(0, 3, 1, 2)  # (B, S, H, D)
+
+    x = field()
+    q = x + 0.3 * torch.randn(x.shape, generator=g)
+    k = x + 0.3 * torch.randn(x.shape, generator=g)
+    q = q * (sharpness / x.std())
+    k = k / x.std()
+    v = field()
+    return tuple(t.contiguous().to(device=device, dtype=dtype) for t in (q, k, v))
+
+
+def time_call(fn, *, warmup=1, repeat=3, sync=None):
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def machine_info():
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def write_json(name, payload, out_dir=None):
+    out_dir = Path(out_dir) if out_dir else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def print_table(rows, columns):
+    """rows: list of dicts; columns: list of (key, header, format)."""
+    cells = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (_, h, _) in enumerate(columns)]
+    line = " | ".join(h.ljust(w) for (_, h, _), w in zip(columns, widths))
+    print(line)
+    print("-|-".join("-" * w for w in widths))
+    for c in cells:
+        print(" | ".join(x.ljust(w) for x, w in zip(c, widths)))
+
+
+def rel_l2(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
