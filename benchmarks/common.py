@@ -25,24 +25,25 @@ def structured_qkv(batch, grid, heads, head_dim, *, seed=0, dtype=torch.float32,
     tokens that look alike (near in space and time) and the attention is local but content dependent.
     ``sharpness`` scales the logits. v is an independent field of the same kind.
     """
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     T, H, W = grid
     coarse = (max(1, T // 2), max(1, H // 4), max(1, W // 4))
 
     def field():
-        f = torch.randn(batch, heads * head_dim, *coarse, generator=g)
+        f = torch.randn(batch, heads * head_dim, *coarse, generator=g, device=device)
         f = F.interpolate(f, size=tuple(grid), mode="trilinear", align_corners=False)
         f = f / f.std()
-        f = f + noise * torch.randn(f.shape, generator=g)
+        f = f + noise * torch.randn(f.shape, generator=g, device=device)
         return f.view(batch, heads, head_dim, -1).permute(0, 3, 1, 2)  # (B, S, H, D)
 
     x = field()
-    q = x + 0.3 * torch.randn(x.shape, generator=g)
-    k = x + 0.3 * torch.randn(x.shape, generator=g)
+    q = x + 0.3 * torch.randn(x.shape, generator=g, device=device)
+    k = x + 0.3 * torch.randn(x.shape, generator=g, device=device)
     q = q * (sharpness / x.std())
     k = k / x.std()
     v = field()
-    return tuple(t.contiguous().to(device=device, dtype=dtype) for t in (q, k, v))
+    return tuple(t.to(dtype).contiguous() for t in (q, k, v))
 
 
 def time_call(fn, *, warmup=1, repeat=3, sync=None):

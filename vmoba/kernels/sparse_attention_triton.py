@@ -294,8 +294,9 @@ def default_configs(head_dim: int, dtype: torch.dtype):
     return KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _precision(dtype: torch.dtype) -> str | None:
+    """float32 runs exact (IEEE) products, as the reference does; 16-bit inputs use the default."""
+    return "ieee" if dtype == torch.float32 else None
 
 
 # -- the autograd function -------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def _launch_fwd(qb, kb, vb, ob, lse, tiles, lists: WorkLists, scale, cfg: Kernel
         tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks, lists.chunk_start, lists.chunk_end,
         lists.chunk_seg, dummy,
         S, kb.shape[1], tiles.num_tiles, lists.n_seg, scale * LOG2E,
-        D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         SPLITS=splits, TOKEN=lists.row_mask is not None, PRECISION=_precision(qb.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -380,7 +381,7 @@ def _launch_bwd(qb, kb, vb, dob, lse, delta, dq, dk, dv, selection, lists: WorkL
     token = lists.row_mask is not None
     dummy = lists.row_mask if token else lists.chunk_seg
     splits = math.ceil(tiles.max_tile / cfg.block_m)
-    common = dict(D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+    common = dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   TOKEN=token, PRECISION=_precision(qb.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _bwd_dq_kernel[(tiles.num_tiles * splits, BH)](
         qb, kb, vb, dob, lse, delta, dq,
