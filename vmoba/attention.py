@@ -30,8 +30,7 @@ class AttentionStats:
     num_blocks: int
     granularity: str
     backend: str
-    density: float  # pairs each query selected, averaged over batch and heads
-    compute_density: float  # pairs the tile-level work computes (the union per tile in token granularity)
+    density: float  # pairs each query attends, averaged over batch and heads
     dense_reason: str | None = None  # set when the call ran dense attention, and why
 
     @property
@@ -150,7 +149,7 @@ def vmoba_attention(
         if not return_stats:
             return out
         part = get_partition(grid, scheme, chunk, "cpu")
-        return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, 1.0, dense_reason)
+        return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, dense_reason)
 
     backend = resolve_backend(config, q.device)
     if text_len:
@@ -178,7 +177,6 @@ def vmoba_attention(
         granularity=config.granularity,
         backend=backend,
         density=float(selection.density().mean()),
-        compute_density=float(selection.compute_density().mean()),
     )
     return out, stats
 

@@ -36,29 +36,23 @@ from .partition import BlockPartition, TileLayout
 
 @dataclass(frozen=True, eq=False)
 class BlockSelection:
-    """Which key blocks each query attends, in the form the attention backends consume.
+    """Which key blocks each query attends: the structure the attention backends consume.
 
-    Rows are in blocked order (see `vmoba.partition`). ``tile_mask[b, h, t, j]`` says whether work tile
-    ``t`` computes key block ``j``; in ``tile`` granularity that is the selection itself, in ``token``
-    granularity the union over the tile's queries, with ``row_mask`` holding each query's own choice.
+    ``mask[b, h, r, j]`` says whether row ``r`` attends key block ``j``. Rows are in blocked order (see
+    `vmoba.partition`): one row per query tile in ``tile`` granularity (every query of the tile shares the
+    row), one row per query in ``token`` granularity.
     """
 
     partition: BlockPartition
     tiles: TileLayout
     granularity: str
-    tile_mask: torch.Tensor  # [B, H, n_tiles, n_blocks] bool
-    row_mask: torch.Tensor | None  # [B, H, S, n_blocks] bool (token granularity), blocked order
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        B, H = self.tile_mask.shape[:2]
-        return B, H, self.partition.num_tokens, self.partition.num_blocks
+    mask: torch.Tensor  # [B, H, rows, n_blocks] bool
 
     def query_mask(self) -> torch.Tensor:
         """[B, H, S, n_blocks] selection of every query, blocked order."""
-        if self.row_mask is not None:
-            return self.row_mask
-        return self.tile_mask.index_select(2, self.tiles.token_tile)
+        if self.granularity == "token":
+            return self.mask
+        return self.mask.index_select(2, self.tiles.token_tile)
 
     def token_mask(self) -> torch.Tensor:
         """[B, H, S, n_blocks] selection of every query, original token order (what `select_blocks` returns)."""
@@ -69,33 +63,23 @@ class BlockSelection:
         return self.token_mask().index_select(3, self.partition.block_ids)
 
     def density(self) -> torch.Tensor:
-        """[B, H] fraction of video query-key pairs attended."""
-        sizes = self.partition.sizes.to(torch.float32)
+        """[B, H] fraction of video query-key pairs attended (and computed: both backends do exact work)."""
         S = self.partition.num_tokens
-        if self.row_mask is not None:
-            return (self.row_mask.to(torch.float32) @ sizes).sum(-1) / (S * S)
-        return self._tile_pairs() / (S * S)
-
-    def compute_density(self) -> torch.Tensor:
-        """[B, H] fraction of query-key pairs the tile-level kernels compute (the union per tile)."""
-        S = self.partition.num_tokens
-        return self._tile_pairs() / (S * S)
-
-    def _tile_pairs(self) -> torch.Tensor:
-        sizes = self.partition.sizes.to(torch.float32)
-        per_tile = self.tile_mask.to(torch.float32) @ sizes
-        return (per_tile * self.tiles.sizes.to(torch.float32)).sum(-1)
+        pairs = self.mask.to(torch.float32) @ self.partition.sizes.to(torch.float32)  # keys per row
+        if self.granularity == "tile":
+            pairs = pairs * self.tiles.sizes.to(torch.float32)
+        return pairs.sum(-1) / (S * S)
 
     def kv_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compact block lists: ``(indices [B, H, n_tiles, max_count] int32, counts [B, H, n_tiles] int32)``.
+        """Compact block lists per row: ``(indices [B, H, rows, max_count] int32, counts [B, H, rows] int32)``.
 
-        Indices are ascending per tile; slots past the count hold ``n_blocks`` (a padding id).
+        Indices are ascending; slots past the count hold ``n_blocks`` (a padding id).
         """
         nb = self.partition.num_blocks
-        counts = self.tile_mask.sum(-1)
+        counts = self.mask.sum(-1)
         width = max(1, int(counts.max()))
-        ids = torch.arange(nb, device=self.tile_mask.device, dtype=torch.int32)
-        keyed = torch.where(self.tile_mask, ids, torch.full_like(ids, nb))
+        ids = torch.arange(nb, device=self.mask.device, dtype=torch.int32)
+        keyed = torch.where(self.mask, ids, torch.full_like(ids, nb))
         indices = keyed.sort(-1).values[..., :width]
         return indices.contiguous(), counts.to(torch.int32)
 
@@ -151,12 +135,7 @@ def compute_selection(
             rows_of = lambda r0, r1: q.index_select(1, order[r0:r1]).transpose(1, 2).float()  # noqa: E731
         mask = _select(rows_of, kbar, own_block, config, scheme, B, H, R, nb)
 
-    if config.granularity == "tile":
-        return BlockSelection(partition, tiles, "tile", mask, None)
-    union = torch.zeros(B, H, tiles.num_tiles, nb, device=mask.device, dtype=torch.int32)
-    for b in range(B):
-        union[b].index_add_(1, tiles.token_tile, mask[b].to(torch.int32))
-    return BlockSelection(partition, tiles, "token", union > 0, mask)
+    return BlockSelection(partition, tiles, config.granularity, mask)
 
 
 def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R, nb) -> torch.Tensor:

@@ -152,7 +152,7 @@ if triton is not None:
             ones = tl.where(other, 1.0, 0.0)
             lo = tl.full([BLOCK_R], -2147483648, tl.int64)
             hi = tl.full([BLOCK_R], 2147483648, tl.int64)
-            cut = _bisect(lo, hi, key, ones, other, n_take.to(tl.float32), 1, 32)
+            cut = _bisect(lo, hi, key, ones, other, n_take * 1.0, 1, 32)  # n_take may be a constexpr int
             above = other & (key > cut[:, None])
             need = n_take - tl.sum(above.to(tl.int32), 1)
         else:
@@ -205,7 +205,7 @@ def select_query_head_triton(q_rows, row_index, own, kbar, threshold: float, top
     NB = max(16, triton.next_power_of_2(nb))
     # tl.dot needs at least 16 rows; the interpreter is fastest with few, wide programs
     block_r = 32 if INTERPRET else 16
-    block_d = min(32, max(16, triton.next_power_of_2(D)))
+    block_d = 16 if NB >= 1024 else 32  # the kbar slice [NB, block_d] float32 lives in shared memory
     n_take = 0 if topk is None else max(0, min(topk, nb) - 1)
     _select_kernel[(triton.cdiv(R, block_r), B * H)](
         q_rows, row_index if row_index is not None else own, own, kbar.contiguous(), mask.view(torch.int8),

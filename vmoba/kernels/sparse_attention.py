@@ -64,7 +64,7 @@ def block_sparse_attention_torch(
     qb, kb, vb = blocked(q * scale), blocked(k), blocked(v)
     tk, tv = heads_first(text_k), heads_first(text_v)
     budget = memory_budget_mb << 20
-    if selection.row_mask is not None:
+    if selection.granularity == "token":
         out, lse = _attend_by_key_block(qb, kb, vb, tk, tv, selection, budget)
     else:
         out, lse = _attend_by_query_tile(qb, kb, vb, tk, tv, selection, budget)
@@ -87,7 +87,7 @@ def _softmax_stats(logits: torch.Tensor, acc: torch.dtype, cdt: torch.dtype):
 
 
 def _attend_by_query_tile(qb, kb, vb, tk, tv, selection: BlockSelection, budget: int):
-    """Tile granularity: one item per (batch*head, query tile) over the union of its blocks."""
+    """Tile granularity: one item per (batch*head, query tile) over the blocks the tile selected."""
     BH, S1, D = qb.shape
     S = S1 - 1
     part, tiles = selection.partition, selection.tiles
@@ -160,7 +160,7 @@ def _attend_by_key_block(qb, kb, vb, tk, tv, selection: BlockSelection, budget: 
     # largest run of queries one item may take, so its logits stay within a quarter of the budget
     run = max(1, budget // (4 * max(bs, L, 1) * (3 * 4 + elem)))
 
-    row_mask = selection.row_mask.reshape(BH, S, nb)
+    row_mask = selection.mask.reshape(BH, S, nb)
     outs, lses = [], []
     for bh in range(BH):
         chosen = row_mask[bh].t()  # [nb, S]

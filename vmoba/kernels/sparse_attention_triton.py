@@ -1,133 +1,68 @@
 """Triton block-sparse flash attention, forward and backward, over a `BlockSelection`.
 
-Same math and signature as `block_sparse_attention_torch` (sparse_attention.py), which is its reference.
+Same math and signature as `block_sparse_attention_torch` (sparse_attention.py), its reference.
 
-Layout. Queries, keys and values are copied once into *blocked*, head-major order ``[B*H, S, D]`` so that
-every key block is a contiguous range; text keys (always attended) are appended to the keys as one more
-segment. The kernels never see the partition itself, only three work lists (CSR, built with torch):
+Queries, keys and values are copied once into blocked, head-major order ``[B*H, S, D]`` so that every key
+block is a contiguous range; text keys (always attended) are appended as one more segment. The kernels see
+only the work lists of `work_lists.py`. LSE is kept in the log2 domain of the scaled logits inside.
 
-* key chunks: runs of at most ``BLOCK_N`` keys inside one segment (``chunk_start/end/segment``);
-* forward list: for each ``(batch*head, query tile)``, the key chunks of the segments the tile computes;
-* reverse list: for each ``(batch*head, key segment)``, the query chunks (runs of at most ``BLOCK_M`` rows
-  of one tile) of the tiles that compute it, for the dK/dV kernel.
+Tile granularity (every query of a tile shares its block list): ``_tile_fwd`` and ``_tile_bwd_dq`` walk a
+tile's key chunks with online softmax; ``_tile_bwd_dkdv`` walks, for one key chunk, the query chunks of the
+tiles that selected its block. A flat loop over key chunks keeps loops long even when blocks are small.
 
-A flat loop over key chunks (instead of blocks, then keys) keeps the inner loop long and pipelinable even
-when blocks are small. In token granularity a tile computes the union of its queries' blocks and each row
-is masked down to its own selection with ``row_mask``.
+Token granularity (the paper's per-query rule): queries are grouped by key block, so the work is exactly
+the selected pairs. ``_pair_fwd`` attends one run of queries to one whole block and writes a partial
+output and LSE per pair; ``_pair_merge`` combines the partials of each query. Backward: ``_pair_bwd_dq``
+writes per-pair partial dQ (summed by ``_pair_sum``), ``_pair_bwd_dkdv`` walks, for one key chunk, every
+run of queries that selected its block. Partials cost ``pairs x D`` extra memory.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..selection import BlockSelection
+from . import work_lists as wl
 from ._triton import INTERPRET, new_empty, tl, triton
 
 LOG2E = 1.4426950408889634
 
-
-# -- work lists ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class WorkLists:
-    seg_offsets: torch.Tensor  # [n_seg + 1] int32
-    chunk_start: torch.Tensor  # [n_chunks] int32
-    chunk_end: torch.Tensor
-    chunk_seg: torch.Tensor
-    fwd_ptr: torch.Tensor  # [B*H*n_tiles + 1] int32
-    fwd_chunks: torch.Tensor  # [*] int32 key-chunk ids
-    row_mask: torch.Tensor | None  # [B*H, S, n_seg] uint8 (token granularity)
-    n_seg: int
-    block_n: int
-
-
-def _csr(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """int32 row pointers for entries sorted by ``groups``."""
-    counts = torch.bincount(groups, minlength=n_groups)
-    ptr = torch.zeros(n_groups + 1, dtype=torch.int64, device=groups.device)
-    ptr[1:] = torch.cumsum(counts, 0)
-    return ptr.to(torch.int32)
-
-
-def _expand_ranges(first: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ranges ``[first_i, first_i + count_i)``: (range index of each element, element value)."""
-    owner = torch.repeat_interleave(torch.arange(first.numel(), device=first.device), count)
-    start_of_owner = torch.cumsum(count, 0) - count
-    return owner, first[owner] + torch.arange(owner.numel(), device=first.device) - start_of_owner[owner]
-
-
-def build_work_lists(selection: BlockSelection, text_len: int, block_n: int) -> WorkLists:
-    part, tiles = selection.partition, selection.tiles
-    dev = selection.tile_mask.device
-    B, H, nt, nb = selection.tile_mask.shape
-    S = part.num_tokens
-    seg_offsets = part.offsets
-    tile_mask = selection.tile_mask
-    if text_len:
-        seg_offsets = torch.cat([seg_offsets, seg_offsets[-1:] + text_len])
-        tile_mask = torch.cat([tile_mask, tile_mask.new_ones(B, H, nt, 1)], -1)
-    n_seg = seg_offsets.numel() - 1
-    seg_sizes = seg_offsets[1:] - seg_offsets[:-1]
-    chunks_per_seg = (seg_sizes + block_n - 1) // block_n
-    seg_first_chunk = torch.cumsum(chunks_per_seg, 0) - chunks_per_seg
-    chunk_seg, chunk_rank = _expand_ranges(torch.zeros_like(chunks_per_seg), chunks_per_seg)
-    chunk_start = seg_offsets[chunk_seg] + chunk_rank * block_n
-    chunk_end = torch.minimum(chunk_start + block_n, seg_offsets[chunk_seg + 1])
-
-    pair_tile, pair_seg = tile_mask.view(B * H * nt, n_seg).nonzero(as_tuple=True)  # sorted by tile
-    owner, fwd_chunks = _expand_ranges(seg_first_chunk[pair_seg], chunks_per_seg[pair_seg])
-    fwd_ptr = _csr(pair_tile[owner], B * H * nt)
-
-    row_mask = None
-    if selection.row_mask is not None:
-        rm = selection.row_mask
-        if text_len:
-            rm = torch.cat([rm, rm.new_ones(B, H, S, 1)], -1)
-        row_mask = rm.reshape(B * H, S, n_seg).to(torch.uint8).contiguous()
-    i32 = lambda x: x.to(torch.int32).contiguous()  # noqa: E731
-    return WorkLists(
-        seg_offsets=i32(seg_offsets), chunk_start=i32(chunk_start), chunk_end=i32(chunk_end),
-        chunk_seg=i32(chunk_seg), fwd_ptr=fwd_ptr, fwd_chunks=i32(fwd_chunks), row_mask=row_mask,
-        n_seg=n_seg, block_n=block_n,
-    )
-
-
-def build_reverse_lists(selection: BlockSelection, lists: WorkLists, block_m: int):
-    """Query chunks (``q_start, q_end, q_tile``) and, per (batch*head, segment), the chunks computing it."""
-    tiles = selection.tiles
-    B, H, nt, nb = selection.tile_mask.shape
-    tile_sizes = tiles.offsets[1:] - tiles.offsets[:-1]
-    per_tile = (tile_sizes + block_m - 1) // block_m
-    q_tile, q_rank = _expand_ranges(torch.zeros_like(per_tile), per_tile)
-    q_start = tiles.offsets[:-1][q_tile] + q_rank * block_m
-    q_end = torch.minimum(q_start + block_m, tiles.offsets[1:][q_tile])
-    tile_first_q = torch.cumsum(per_tile, 0) - per_tile
-
-    tile_mask = selection.tile_mask
-    if lists.n_seg > nb:
-        tile_mask = torch.cat([tile_mask, tile_mask.new_ones(B, H, nt, 1)], -1)
-    bh, seg, t = tile_mask.permute(0, 1, 3, 2).reshape(B * H, lists.n_seg, nt).nonzero(as_tuple=True)
-    owner, q_chunks = _expand_ranges(tile_first_q[t], per_tile[t])
-    rev_ptr = _csr((bh * lists.n_seg + seg)[owner], B * H * lists.n_seg)
-    i32 = lambda x: x.to(torch.int32).contiguous()  # noqa: E731
-    return i32(q_start), i32(q_end), rev_ptr, i32(q_chunks)
-
-
-# -- kernels -------------------------------------------------------------------------------------------------
-
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(
-        Q, K, V, O, LSE,
-        TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END, CH_SEG, ROW_MASK,
-        S, SK, n_tiles, n_seg, qk_scale,
+    def _online_step(q, k_ptrs, v_ptrs, kv_mask, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
+        """One key chunk of online softmax; rows with no valid key so far keep m = -inf safely."""
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+    @triton.jit
+    def _grad_step(q, do, lse, delta, k_ptrs, v_ptrs, kv_mask, valid, qk_scale, PRECISION: tl.constexpr):
+        """Probabilities and dS of one (query run, key chunk) tile, from the final LSE."""
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
+        return k, p, ds
+
+    # -- tile granularity ----------------------------------------------------------------------------
+
+    @triton.jit
+    def _tile_fwd(
+        Q, K, V, O, LSE, TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END,
+        S, SK, n_tiles, qk_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPLITS: tl.constexpr, TOKEN: tl.constexpr, PRECISION: tl.constexpr,
+        SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):
         pid = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -139,48 +74,28 @@ if triton is not None:
             row_ok = rows < t_end
             d = tl.arange(0, BLOCK_D)
             d_ok = d < D
-            q = tl.load(Q + (bh * S + rows[:, None]) * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            io = (bh * S + rows[:, None]) * D + d[None, :]
+            q = tl.load(Q + io, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            lo = tl.load(FWD_PTR + bh * n_tiles + t)
-            hi = tl.load(FWD_PTR + bh * n_tiles + t + 1)
-            for i in range(lo, hi):
+            for i in range(tl.load(FWD_PTR + bh * n_tiles + t), tl.load(FWD_PTR + bh * n_tiles + t + 1)):
                 c = tl.load(FWD_CHUNKS + i)
-                cs = tl.load(CH_START + c)
-                ce = tl.load(CH_END + c)
-                cols = cs + tl.arange(0, BLOCK_N)
-                col_ok = cols < ce
-                kv_off = (bh * SK + cols[:, None]) * D + d[None, :]
-                k = tl.load(K + kv_off, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-                valid = col_ok[None, :]
-                if TOKEN:
-                    seg = tl.load(CH_SEG + c)
-                    chosen = tl.load(ROW_MASK + (bh * S + rows) * n_seg + seg, mask=row_ok, other=0)
-                    valid = valid & (chosen != 0)[:, None]
-                s = tl.where(valid, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp2(m_i - m_safe)
-                p = tl.exp2(s - m_safe[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(V + kv_off, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m_i = m_new
+                cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
+                col_ok = cols < tl.load(CH_END + c)
+                kv = (bh * SK + cols[:, None]) * D + d[None, :]
+                m_i, l_i, acc = _online_step(q, K + kv, V + kv, col_ok[:, None] & d_ok[None, :], col_ok[None, :],
+                                             m_i, l_i, acc, qk_scale, PRECISION)
             l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-            out = acc / l_safe[:, None]
-            tl.store(O + (bh * S + rows[:, None]) * D + d[None, :], out.to(O.dtype.element_ty),
-                     mask=row_ok[:, None] & d_ok[None, :])
+            tl.store(O + io, (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
             tl.store(LSE + bh * S + rows, m_i + tl.log2(l_safe), mask=row_ok)
 
     @triton.jit
-    def _bwd_dq_kernel(
-        Q, K, V, DO, LSE, DELTA, DQ,
-        TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END, CH_SEG, ROW_MASK,
-        S, SK, n_tiles, n_seg, qk_scale, sm_scale,
+    def _tile_bwd_dq(
+        Q, K, V, DO, LSE, DELTA, DQ, TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END,
+        S, SK, n_tiles, qk_scale, sm_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPLITS: tl.constexpr, TOKEN: tl.constexpr, PRECISION: tl.constexpr,
+        SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):
         pid = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -199,81 +114,204 @@ if triton is not None:
             lse = tl.load(LSE + bh * S + rows, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + bh * S + rows, mask=row_ok, other=0.0)
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            lo = tl.load(FWD_PTR + bh * n_tiles + t)
-            hi = tl.load(FWD_PTR + bh * n_tiles + t + 1)
-            for i in range(lo, hi):
+            for i in range(tl.load(FWD_PTR + bh * n_tiles + t), tl.load(FWD_PTR + bh * n_tiles + t + 1)):
                 c = tl.load(FWD_CHUNKS + i)
-                cs = tl.load(CH_START + c)
-                ce = tl.load(CH_END + c)
-                cols = cs + tl.arange(0, BLOCK_N)
-                col_ok = cols < ce
-                kv_off = (bh * SK + cols[:, None]) * D + d[None, :]
-                k = tl.load(K + kv_off, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                v = tl.load(V + kv_off, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-                valid = col_ok[None, :] & row_ok[:, None]
-                if TOKEN:
-                    seg = tl.load(CH_SEG + c)
-                    chosen = tl.load(ROW_MASK + (bh * S + rows) * n_seg + seg, mask=row_ok, other=0)
-                    valid = valid & (chosen != 0)[:, None]
-                p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-                ds = p * (dp - delta[:, None])
+                cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
+                col_ok = cols < tl.load(CH_END + c)
+                kv = (bh * SK + cols[:, None]) * D + d[None, :]
+                k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, col_ok[:, None] & d_ok[None, :],
+                                      col_ok[None, :] & row_ok[:, None], qk_scale, PRECISION)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
             tl.store(DQ + io, (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
 
     @triton.jit
-    def _bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV,
-        CH_START, CH_END, CH_SEG, REV_PTR, REV_CHUNKS, QC_START, QC_END, ROW_MASK,
+    def _tile_bwd_dkdv(
+        Q, K, V, DO, LSE, DELTA, DK, DV, CH_START, CH_END, CH_SEG, REV_PTR, REV_CHUNKS, QC_START, QC_END,
         S, SK, n_seg, qk_scale, sm_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        TOKEN: tl.constexpr, PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
-        cs = tl.load(CH_START + c)
-        ce = tl.load(CH_END + c)
         seg = tl.load(CH_SEG + c)
-        cols = cs + tl.arange(0, BLOCK_N)
-        col_ok = cols < ce
+        cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
+        col_ok = cols < tl.load(CH_END + c)
         d = tl.arange(0, BLOCK_D)
         d_ok = d < D
-        kv_off = (bh * SK + cols[:, None]) * D + d[None, :]
+        kv = (bh * SK + cols[:, None]) * D + d[None, :]
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        lo = tl.load(REV_PTR + bh * n_seg + seg)
-        hi = tl.load(REV_PTR + bh * n_seg + seg + 1)
-        for i in range(lo, hi):
+        for i in range(tl.load(REV_PTR + bh * n_seg + seg), tl.load(REV_PTR + bh * n_seg + seg + 1)):
             qc = tl.load(REV_CHUNKS + i)
-            rs = tl.load(QC_START + qc)
-            re = tl.load(QC_END + qc)
-            rows = rs + tl.arange(0, BLOCK_M)
-            row_ok = rows < re
+            rows = tl.load(QC_START + qc) + tl.arange(0, BLOCK_M)
+            row_ok = rows < tl.load(QC_END + qc)
             io = (bh * S + rows[:, None]) * D + d[None, :]
             io_mask = row_ok[:, None] & d_ok[None, :]
             q = tl.load(Q + io, mask=io_mask, other=0.0)
             do = tl.load(DO + io, mask=io_mask, other=0.0)
             lse = tl.load(LSE + bh * S + rows, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + bh * S + rows, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-            valid = col_ok[None, :] & row_ok[:, None]
-            if TOKEN:
-                chosen = tl.load(ROW_MASK + (bh * S + rows) * n_seg + seg, mask=row_ok, other=0)
-                valid = valid & (chosen != 0)[:, None]
-            p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+            k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, kv_mask, col_ok[None, :] & row_ok[:, None],
+                                  qk_scale, PRECISION)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        tl.store(DK + kv_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+        tl.store(DK + kv, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+    # -- token granularity: queries grouped by key block ---------------------------------------------
+
+    @triton.jit
+    def _pair_rows(ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW, item, n_seg, BLOCK_M: tl.constexpr):
+        group = tl.load(ITEM_GROUP + item)
+        i = tl.arange(0, BLOCK_M)
+        ok = i < tl.load(ITEM_LEN + item)
+        slot = tl.load(ITEM_SLOTS + tl.load(ITEM_START + item) + i, mask=ok, other=0).to(tl.int64)
+        row = tl.load(PAIR_ROW + slot, mask=ok, other=0)
+        return (group // n_seg).to(tl.int64), group % n_seg, slot, row, ok
+
+    @triton.jit
+    def _pair_fwd(
+        Q, K, V, PO, PLSE, SEG_OFF, ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
+        S, SK, n_seg, qk_scale,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        bh, seg, slot, row, ok = _pair_rows(ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
+                                            tl.program_id(0), n_seg, BLOCK_M)
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        q = tl.load(Q + (bh * S + row[:, None]) * D + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        seg_end = tl.load(SEG_OFF + seg + 1)
+        for start in range(tl.load(SEG_OFF + seg), seg_end, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < seg_end
+            kv = (bh * SK + cols[:, None]) * D + d[None, :]
+            m_i, l_i, acc = _online_step(q, K + kv, V + kv, col_ok[:, None] & d_ok[None, :], col_ok[None, :],
+                                         m_i, l_i, acc, qk_scale, PRECISION)
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        tl.store(PO + slot[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(PO.dtype.element_ty),
+                 mask=ok[:, None] & d_ok[None, :])
+        tl.store(PLSE + slot, m_i + tl.log2(l_safe), mask=ok)
+
+    @triton.jit
+    def _pair_merge(
+        PO, PLSE, QUERY_PTR, O, LSE, S,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        bh = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < S
+        first = tl.load(QUERY_PTR + bh * S + rows, mask=row_ok, other=0)
+        count = tl.load(QUERY_PTR + bh * S + rows + 1, mask=row_ok, other=0) - first
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for j in range(tl.max(count, 0)):
+            has = j < count
+            slot = (first + j).to(tl.int64)
+            lse_p = tl.load(PLSE + slot, mask=has, other=float("-inf"))
+            o_p = tl.load(PO + slot[:, None] * D + d[None, :], mask=has[:, None] & d_ok[None, :], other=0.0)
+            m_new = tl.maximum(m_i, lse_p)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            w = tl.exp2(lse_p - m_safe)
+            l_i = l_i * alpha + w
+            acc = acc * alpha[:, None] + w[:, None] * o_p.to(tl.float32)
+            m_i = m_new
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        tl.store(O + (bh * S + rows[:, None]) * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(LSE + bh * S + rows, m_i + tl.log2(l_safe), mask=row_ok)
+
+    @triton.jit
+    def _pair_bwd_dq(
+        Q, K, V, DO, LSE, DELTA, PDQ, SEG_OFF, ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
+        S, SK, n_seg, qk_scale, sm_scale,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        bh, seg, slot, row, ok = _pair_rows(ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
+                                            tl.program_id(0), n_seg, BLOCK_M)
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        io = (bh * S + row[:, None]) * D + d[None, :]
+        io_mask = ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + io, mask=io_mask, other=0.0)
+        do = tl.load(DO + io, mask=io_mask, other=0.0)
+        lse = tl.load(LSE + bh * S + row, mask=ok, other=0.0)
+        delta = tl.load(DELTA + bh * S + row, mask=ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        seg_end = tl.load(SEG_OFF + seg + 1)
+        for start in range(tl.load(SEG_OFF + seg), seg_end, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < seg_end
+            kv = (bh * SK + cols[:, None]) * D + d[None, :]
+            k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, col_ok[:, None] & d_ok[None, :],
+                                  col_ok[None, :] & ok[:, None], qk_scale, PRECISION)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        tl.store(PDQ + slot[:, None] * D + d[None, :], dq * sm_scale, mask=io_mask)
+
+    @triton.jit
+    def _pair_sum(PDQ, QUERY_PTR, DQ, S, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+        bh = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < S
+        first = tl.load(QUERY_PTR + bh * S + rows, mask=row_ok, other=0)
+        count = tl.load(QUERY_PTR + bh * S + rows + 1, mask=row_ok, other=0) - first
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for j in range(tl.max(count, 0)):
+            has = j < count
+            slot = (first + j).to(tl.int64)
+            acc += tl.load(PDQ + slot[:, None] * D + d[None, :], mask=has[:, None] & d_ok[None, :], other=0.0)
+        tl.store(DQ + (bh * S + rows[:, None]) * D + d[None, :], acc.to(DQ.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+
+    @triton.jit
+    def _pair_bwd_dkdv(
+        Q, K, V, DO, LSE, DELTA, DK, DV, CH_START, CH_END, CH_SEG, GROUP_ITEMS, ITEM_GROUP, ITEM_START,
+        ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
+        S, SK, n_seg, qk_scale, sm_scale,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        c = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        seg = tl.load(CH_SEG + c)
+        cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
+        col_ok = cols < tl.load(CH_END + c)
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        kv = (bh * SK + cols[:, None]) * D + d[None, :]
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        group = bh * n_seg + seg
+        for item in range(tl.load(GROUP_ITEMS + group), tl.load(GROUP_ITEMS + group + 1)):
+            _, _, slot, row, ok = _pair_rows(ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW, item, n_seg,
+                                             BLOCK_M)
+            io = (bh * S + row[:, None]) * D + d[None, :]
+            io_mask = ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + io, mask=io_mask, other=0.0)
+            do = tl.load(DO + io, mask=io_mask, other=0.0)
+            lse = tl.load(LSE + bh * S + row, mask=ok, other=0.0)
+            delta = tl.load(DELTA + bh * S + row, mask=ok, other=0.0)
+            k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, kv_mask, col_ok[None, :] & ok[:, None],
+                                  qk_scale, PRECISION)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        tl.store(DK + kv, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-# -- launch configuration --------------------------------------------------------------------------------------
+# -- launch configuration --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -284,19 +322,109 @@ class KernelConfig:
     num_stages: int
 
 
-def default_configs(head_dim: int, dtype: torch.dtype):
-    """(forward, backward) launch configurations. The interpreter gets small tiles so tests cross them."""
+def default_configs(head_dim: int, dtype: torch.dtype) -> tuple[KernelConfig, KernelConfig]:
+    """(forward, backward) launch configurations; measured on an H200 (benchmarks/attention_gpu.py's sweep).
+    float32 and the interpreter get small tiles, so tests cross several of them."""
     if INTERPRET or dtype == torch.float32:
         small = KernelConfig(16, 16, 1, 1)
         return small, small
-    if head_dim <= 64:
-        return KernelConfig(128, 64, 4, 3), KernelConfig(64, 64, 4, 2)
-    return KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2)
+    return KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 2)
 
 
 def _precision(dtype: torch.dtype) -> str | None:
     """float32 runs exact (IEEE) products, as the reference does; 16-bit inputs use the default."""
     return "ieee" if dtype == torch.float32 else None
+
+
+def _meta(D: int, dtype: torch.dtype, cfg: KernelConfig) -> dict:
+    return dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                PRECISION=_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# -- forward and backward drivers ----------------------------------------------------------------------
+
+
+def _tile_forward(qb, kb, vb, selection, L, scale, cfg):
+    BH, S, D = qb.shape
+    tiles = selection.tiles
+    lists = wl.tile_lists(selection, L, cfg.block_n)
+    ob = new_empty(BH, S, D, dtype=qb.dtype, device=qb.device)
+    lse = new_empty(BH, S, dtype=torch.float32, device=qb.device)
+    splits = triton.cdiv(tiles.max_tile, cfg.block_m)
+    _tile_fwd[(tiles.num_tiles * splits, BH)](
+        qb, kb, vb, ob, lse, tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks,
+        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, scale * LOG2E,
+        SPLITS=splits, **_meta(D, qb.dtype, cfg),
+    )
+    return ob, lse
+
+
+def _tile_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
+    BH, S, D = qb.shape
+    tiles = selection.tiles
+    lists = wl.tile_lists(selection, L, cfg.block_n)
+    dq = new_empty(*qb.shape, dtype=qb.dtype, device=qb.device)
+    dk = new_empty(*kb.shape, dtype=kb.dtype, device=kb.device)
+    dv = new_empty(*vb.shape, dtype=vb.dtype, device=vb.device)
+    meta = _meta(D, qb.dtype, cfg)
+    splits = triton.cdiv(tiles.max_tile, cfg.block_m)
+    _tile_bwd_dq[(tiles.num_tiles * splits, BH)](
+        qb, kb, vb, dob, lse, delta, dq, tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks,
+        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, scale * LOG2E, scale,
+        SPLITS=splits, **meta,
+    )
+    q_start, q_end, rev_ptr, rev_chunks = wl.tile_reverse_lists(selection, lists, L, cfg.block_m)
+    _tile_bwd_dkdv[(lists.chunks.start.numel(), BH)](
+        qb, kb, vb, dob, lse, delta, dk, dv, lists.chunks.start, lists.chunks.end, lists.chunks.segment,
+        rev_ptr, rev_chunks, q_start, q_end, S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
+    )
+    return dq, dk, dv
+
+
+def _pair_args(lists: wl.PairLists):
+    return (lists.seg_offsets, lists.item_group, lists.item_start, lists.item_len, lists.item_slots, lists.pair_row)
+
+
+def _pair_forward(qb, kb, vb, selection, L, scale, cfg):
+    BH, S, D = qb.shape
+    lists = wl.pair_lists(selection, L, cfg.block_m)
+    meta = _meta(D, qb.dtype, cfg)
+    partial_o = new_empty(lists.num_pairs, D, dtype=qb.dtype, device=qb.device)
+    partial_lse = new_empty(lists.num_pairs, dtype=torch.float32, device=qb.device)
+    _pair_fwd[(lists.item_group.numel(),)](
+        qb, kb, vb, partial_o, partial_lse, *_pair_args(lists), S, kb.shape[1], lists.n_seg, scale * LOG2E, **meta,
+    )
+    ob = new_empty(BH, S, D, dtype=qb.dtype, device=qb.device)
+    lse = new_empty(BH, S, dtype=torch.float32, device=qb.device)
+    _pair_merge[(triton.cdiv(S, cfg.block_m), BH)](
+        partial_o, partial_lse, lists.query_ptr, ob, lse, S,
+        D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m, num_warps=cfg.num_warps,
+    )
+    return ob, lse
+
+
+def _pair_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
+    BH, S, D = qb.shape
+    lists = wl.pair_lists(selection, L, cfg.block_m)
+    meta = _meta(D, qb.dtype, cfg)
+    partial_dq = new_empty(lists.num_pairs, D, dtype=torch.float32, device=qb.device)
+    _pair_bwd_dq[(lists.item_group.numel(),)](
+        qb, kb, vb, dob, lse, delta, partial_dq, *_pair_args(lists), S, kb.shape[1], lists.n_seg,
+        scale * LOG2E, scale, **meta,
+    )
+    dq = new_empty(*qb.shape, dtype=qb.dtype, device=qb.device)
+    _pair_sum[(triton.cdiv(S, cfg.block_m), BH)](
+        partial_dq, lists.query_ptr, dq, S, D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m,
+        num_warps=cfg.num_warps,
+    )
+    chunks = wl.key_chunks(lists.seg_offsets.long(), cfg.block_n)
+    dk = new_empty(*kb.shape, dtype=kb.dtype, device=kb.device)
+    dv = new_empty(*vb.shape, dtype=vb.dtype, device=vb.device)
+    _pair_bwd_dkdv[(chunks.start.numel(), BH)](
+        qb, kb, vb, dob, lse, delta, dk, dv, chunks.start, chunks.end, chunks.segment, lists.group_items,
+        *_pair_args(lists)[1:], S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
+    )
+    return dq, dk, dv
 
 
 # -- the autograd function -------------------------------------------------------------------------------------
@@ -316,20 +444,17 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, text_k, text_v, selection: BlockSelection, scale: float, configs):
         B, S, H, D = q.shape
-        part, tiles = selection.partition, selection.tiles
+        part = selection.partition
         L = 0 if text_k is None else text_k.shape[1]
-        fwd_cfg, bwd_cfg = configs
-        qb = _blocked(q, part.order)
-        kb, vb = _blocked(k, part.order), _blocked(v, part.order)
+        qb, kb, vb = _blocked(q, part.order), _blocked(k, part.order), _blocked(v, part.order)
         if L:
             kb = torch.cat([kb, _heads_first(text_k)], 1).contiguous()
             vb = torch.cat([vb, _heads_first(text_v)], 1).contiguous()
-        lists = build_work_lists(selection, L, fwd_cfg.block_n)
-        ob = new_empty(*qb.shape, dtype=qb.dtype, device=qb.device)
-        lse = new_empty(B * H, S, device=q.device, dtype=torch.float32)
-        _launch_fwd(qb, kb, vb, ob, lse, tiles, lists, scale, fwd_cfg)
+        forward = _pair_forward if selection.granularity == "token" else _tile_forward
+        ob, lse = forward(qb, kb, vb, selection, L, scale, configs[0])
         ctx.save_for_backward(qb, kb, vb, ob, lse)
-        ctx.selection, ctx.scale, ctx.configs, ctx.lists, ctx.shape, ctx.L = selection, scale, configs, lists, (B, S, H, D), L
+        ctx.selection, ctx.scale, ctx.configs, ctx.shape, ctx.L = selection, scale, configs, (B, S, H, D), L
+        ctx.set_materialize_grads(False)
         out = ob.view(B, H, S, D).index_select(2, part.inverse).transpose(1, 2)
         return out, lse.view(B, H, S).index_select(2, part.inverse) / LOG2E
 
@@ -338,65 +463,26 @@ class _BlockSparseAttention(torch.autograd.Function):
         qb, kb, vb, ob, lse = ctx.saved_tensors
         B, S, H, D = ctx.shape
         selection, L = ctx.selection, ctx.L
-        part = selection.partition
-        fwd_cfg, bwd_cfg = ctx.configs
-        dob = _blocked(dout.to(qb.dtype), part.order)
-        delta = (dob.float() * ob.float()).sum(-1)  # [B*H, S]
-        if dlse is not None:  # d lse / d logits = p: folds into delta (see FlashAttention's derivation)
-            delta = delta - _blocked(dlse.transpose(1, 2).unsqueeze(-1), part.order).squeeze(-1).float()
-        lists = ctx.lists if bwd_cfg.block_n == fwd_cfg.block_n else build_work_lists(selection, L, bwd_cfg.block_n)
-        dq = new_empty(*qb.shape, dtype=qb.dtype, device=qb.device)
-        dk = new_empty(*kb.shape, dtype=kb.dtype, device=kb.device)
-        dv = new_empty(*vb.shape, dtype=vb.dtype, device=vb.device)
-        _launch_bwd(qb, kb, vb, dob, lse, delta, dq, dk, dv, selection, lists, ctx.scale, bwd_cfg)
+        order = selection.partition.order
+        if dout is None:
+            dob = torch.zeros_like(qb)
+            delta = torch.zeros_like(lse)
+        else:
+            dob = _blocked(dout.to(qb.dtype), order)
+            delta = (dob.float() * ob.float()).sum(-1)  # [B*H, S]
+        if dlse is not None:  # d lse / d logits = p, so an lse gradient folds into delta
+            delta = delta - _blocked(dlse.transpose(1, 2).unsqueeze(-1), order).squeeze(-1).float()
+        backward = _pair_backward if selection.granularity == "token" else _tile_backward
+        dq, dk, dv = backward(qb, kb, vb, dob, lse, delta, selection, L, ctx.scale, ctx.configs[1])
 
         def original(x):
-            return x.view(B, H, S, D).index_select(2, part.inverse).transpose(1, 2)
+            return x.view(B, H, S, D).index_select(2, selection.partition.inverse).transpose(1, 2)
 
         dtext_k = dtext_v = None
         if L:
             dtext_k = dk[:, S:].view(B, H, L, D).transpose(1, 2)
             dtext_v = dv[:, S:].view(B, H, L, D).transpose(1, 2)
         return original(dq), original(dk[:, :S]), original(dv[:, :S]), dtext_k, dtext_v, None, None, None
-
-
-def _launch_fwd(qb, kb, vb, ob, lse, tiles, lists: WorkLists, scale, cfg: KernelConfig):
-    BH, S, D = qb.shape
-    splits = math.ceil(tiles.max_tile / cfg.block_m)
-    dummy = lists.row_mask if lists.row_mask is not None else lists.chunk_seg
-    _fwd_kernel[(tiles.num_tiles * splits, BH)](
-        qb, kb, vb, ob, lse,
-        tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks, lists.chunk_start, lists.chunk_end,
-        lists.chunk_seg, dummy,
-        S, kb.shape[1], tiles.num_tiles, lists.n_seg, scale * LOG2E,
-        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        SPLITS=splits, TOKEN=lists.row_mask is not None, PRECISION=_precision(qb.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-
-
-def _launch_bwd(qb, kb, vb, dob, lse, delta, dq, dk, dv, selection, lists: WorkLists, scale, cfg: KernelConfig):
-    BH, S, D = qb.shape
-    tiles = selection.tiles
-    token = lists.row_mask is not None
-    dummy = lists.row_mask if token else lists.chunk_seg
-    splits = math.ceil(tiles.max_tile / cfg.block_m)
-    common = dict(D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  TOKEN=token, PRECISION=_precision(qb.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _bwd_dq_kernel[(tiles.num_tiles * splits, BH)](
-        qb, kb, vb, dob, lse, delta, dq,
-        tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks, lists.chunk_start, lists.chunk_end,
-        lists.chunk_seg, dummy,
-        S, kb.shape[1], tiles.num_tiles, lists.n_seg, scale * LOG2E, scale,
-        SPLITS=splits, **common,
-    )
-    q_start, q_end, rev_ptr, rev_chunks = build_reverse_lists(selection, lists, cfg.block_m)
-    _bwd_dkdv_kernel[(lists.chunk_start.numel(), BH)](
-        qb, kb, vb, dob, lse, delta, dk, dv,
-        lists.chunk_start, lists.chunk_end, lists.chunk_seg, rev_ptr, rev_chunks, q_start, q_end, dummy,
-        S, kb.shape[1], lists.n_seg, scale * LOG2E, scale,
-        **common,
-    )
 
 
 def block_sparse_attention_triton(
