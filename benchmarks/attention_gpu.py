@@ -200,6 +200,7 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on any device, to check the script")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-extras", action="store_true", help="skip the torch path, config sweep and FlexAttention")
     ap.add_argument("--budget-s", type=float, default=330, help="stop starting new cases after this many seconds")
     args = ap.parse_args()
 
@@ -252,7 +253,7 @@ def main():
 
     # extras on the 32K shape, after every shape had its turn within the budget
     name = "dry" if args.dry_run else "wan480p_81f"
-    if name in shapes:
+    if name in shapes and not args.no_extras:
         grid = shapes[name]
         q, k, v = structured_qkv(1, grid, heads, head_dim, dtype=dtype, device=device, sharpness=2.0)
         dout = torch.randn_like(q)

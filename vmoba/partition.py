@@ -87,6 +87,7 @@ class TileLayout:
     block: torch.Tensor  # [n_tiles] block id of each tile
     token_tile: torch.Tensor  # [S] tile of each blocked position
     max_tile: int
+    offsets_i32: torch.Tensor  # offsets as int32, for the kernels
 
     @property
     def num_tiles(self) -> int:
@@ -109,6 +110,7 @@ class BlockPartition:
     inverse: torch.Tensor  # [S] blocked position of each original token
     offsets: torch.Tensor  # [n_blocks + 1] block j is blocked positions offsets[j]:offsets[j+1]
     max_block_size: int
+    blocked_block_ids: torch.Tensor  # [S] block id of each blocked position (non-decreasing)
 
     @property
     def num_tokens(self) -> int:
@@ -128,7 +130,7 @@ class BlockPartition:
 
     def blocked_ids(self) -> torch.Tensor:
         """Block id of each blocked position (non-decreasing)."""
-        return torch.repeat_interleave(torch.arange(self.num_blocks, device=self.device), self.sizes)
+        return self.blocked_block_ids
 
     def tiles(self, query_tile: int) -> TileLayout:
         return _tiles(self.grid, self.scheme, self.chunk, int(query_tile), str(self.device))
@@ -154,6 +156,7 @@ def _partition(grid: tuple, scheme: str, chunk: tuple, device: str) -> BlockPart
         inverse=inverse.to(dev),
         offsets=offsets.to(dev),
         max_block_size=int(counts.max()),
+        blocked_block_ids=ids[order].to(dev),
     )
 
 
@@ -175,6 +178,7 @@ def _tiles(grid: tuple, scheme: str, chunk: tuple, query_tile: int, device: str)
         block=block.to(dev),
         token_tile=token_tile.to(dev),
         max_tile=int((offsets[1:] - offsets[:-1]).max()),
+        offsets_i32=offsets.to(device=dev, dtype=torch.int32),
     )
 
 

@@ -211,7 +211,7 @@ def select_query_head_triton(q_rows, row_index, own, kbar, threshold: float, top
         q_rows, row_index if row_index is not None else own, own, kbar.contiguous(), mask.view(torch.int8),
         R, nb, H, stride_b, stride_s, stride_h, float(threshold), n_take,
         D=D, BLOCK_D=block_d, NB=NB, BLOCK_R=block_r, HAS_IDX=row_index is not None, TOPK=topk is not None,
-        PRECISION="ieee", num_warps=4 if NB <= 256 else 8,
+        PRECISION="ieee", num_warps=4 if NB <= 128 else (8 if NB <= 256 else 16),  # keep rows in registers
     )
     return mask
 

@@ -59,8 +59,8 @@ if triton is not None:
 
     @triton.jit
     def _tile_fwd(
-        Q, K, V, O, LSE, TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END,
-        S, SK, n_tiles, qk_scale,
+        Q, K, V, O, LSE, TILE_OFF, TABLE, COUNT, CH_START, CH_END,
+        S, SK, n_tiles, width, qk_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):
@@ -79,8 +79,9 @@ if triton is not None:
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for i in range(tl.load(FWD_PTR + bh * n_tiles + t), tl.load(FWD_PTR + bh * n_tiles + t + 1)):
-                c = tl.load(FWD_CHUNKS + i)
+            row_of_table = (bh * n_tiles + t) * width
+            for i in range(tl.load(COUNT + bh * n_tiles + t)):
+                c = tl.load(TABLE + row_of_table + i)
                 cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
                 col_ok = cols < tl.load(CH_END + c)
                 kv = (bh * SK + cols[:, None]) * D + d[None, :]
@@ -92,8 +93,8 @@ if triton is not None:
 
     @triton.jit
     def _tile_bwd_dq(
-        Q, K, V, DO, LSE, DELTA, DQ, TILE_OFF, FWD_PTR, FWD_CHUNKS, CH_START, CH_END,
-        S, SK, n_tiles, qk_scale, sm_scale,
+        Q, K, V, DO, LSE, DELTA, DQ, TILE_OFF, TABLE, COUNT, CH_START, CH_END,
+        S, SK, n_tiles, width, qk_scale, sm_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):
@@ -114,8 +115,9 @@ if triton is not None:
             lse = tl.load(LSE + bh * S + rows, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + bh * S + rows, mask=row_ok, other=0.0)
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for i in range(tl.load(FWD_PTR + bh * n_tiles + t), tl.load(FWD_PTR + bh * n_tiles + t + 1)):
-                c = tl.load(FWD_CHUNKS + i)
+            row_of_table = (bh * n_tiles + t) * width
+            for i in range(tl.load(COUNT + bh * n_tiles + t)):
+                c = tl.load(TABLE + row_of_table + i)
                 cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
                 col_ok = cols < tl.load(CH_END + c)
                 kv = (bh * SK + cols[:, None]) * D + d[None, :]
@@ -199,9 +201,11 @@ if triton is not None:
 
     @triton.jit
     def _pair_merge(
-        PO, PLSE, QUERY_PTR, O, LSE, S,
-        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        PO, PLSE, QUERY_PTR, O, LSE, M_RUN, L_RUN, ACC_RUN, S,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     ):
+        """Merge each query's partials into its running (max, sum, weighted output): FIRST starts from
+        nothing, LAST normalises and writes the output, others keep the state for the next segment group."""
         bh = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < S
@@ -209,9 +213,16 @@ if triton is not None:
         count = tl.load(QUERY_PTR + bh * S + rows + 1, mask=row_ok, other=0) - first
         d = tl.arange(0, BLOCK_D)
         d_ok = d < D
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        io = (bh * S + rows[:, None]) * D + d[None, :]
+        io_mask = row_ok[:, None] & d_ok[None, :]
+        if FIRST:
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        else:
+            m_i = tl.load(M_RUN + bh * S + rows, mask=row_ok, other=float("-inf"))
+            l_i = tl.load(L_RUN + bh * S + rows, mask=row_ok, other=0.0)
+            acc = tl.load(ACC_RUN + io, mask=io_mask, other=0.0)
         for j in range(tl.max(count, 0)):
             has = j < count
             slot = (first + j).to(tl.int64)
@@ -224,10 +235,14 @@ if triton is not None:
             l_i = l_i * alpha + w
             acc = acc * alpha[:, None] + w[:, None] * o_p.to(tl.float32)
             m_i = m_new
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        tl.store(O + (bh * S + rows[:, None]) * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
-                 mask=row_ok[:, None] & d_ok[None, :])
-        tl.store(LSE + bh * S + rows, m_i + tl.log2(l_safe), mask=row_ok)
+        if LAST:
+            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+            tl.store(O + io, (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=io_mask)
+            tl.store(LSE + bh * S + rows, m_i + tl.log2(l_safe), mask=row_ok)
+        else:
+            tl.store(M_RUN + bh * S + rows, m_i, mask=row_ok)
+            tl.store(L_RUN + bh * S + rows, l_i, mask=row_ok)
+            tl.store(ACC_RUN + io, acc, mask=io_mask)
 
     @triton.jit
     def _pair_bwd_dq(
@@ -258,7 +273,10 @@ if triton is not None:
         tl.store(PDQ + slot[:, None] * D + d[None, :], dq * sm_scale, mask=io_mask)
 
     @triton.jit
-    def _pair_sum(PDQ, QUERY_PTR, DQ, S, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    def _pair_sum(
+        PDQ, QUERY_PTR, DQ, DQ_RUN, S,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    ):
         bh = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < S
@@ -266,13 +284,20 @@ if triton is not None:
         count = tl.load(QUERY_PTR + bh * S + rows + 1, mask=row_ok, other=0) - first
         d = tl.arange(0, BLOCK_D)
         d_ok = d < D
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        io = (bh * S + rows[:, None]) * D + d[None, :]
+        io_mask = row_ok[:, None] & d_ok[None, :]
+        if FIRST:
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        else:
+            acc = tl.load(DQ_RUN + io, mask=io_mask, other=0.0)
         for j in range(tl.max(count, 0)):
             has = j < count
             slot = (first + j).to(tl.int64)
             acc += tl.load(PDQ + slot[:, None] * D + d[None, :], mask=has[:, None] & d_ok[None, :], other=0.0)
-        tl.store(DQ + (bh * S + rows[:, None]) * D + d[None, :], acc.to(DQ.dtype.element_ty),
-                 mask=row_ok[:, None] & d_ok[None, :])
+        if LAST:
+            tl.store(DQ + io, acc.to(DQ.dtype.element_ty), mask=io_mask)
+        else:
+            tl.store(DQ_RUN + io, acc, mask=io_mask)
 
     @triton.jit
     def _pair_bwd_dkdv(
@@ -322,13 +347,17 @@ class KernelConfig:
     num_stages: int
 
 
-def default_configs(head_dim: int, dtype: torch.dtype) -> tuple[KernelConfig, KernelConfig]:
-    """(forward, backward) launch configurations; measured on an H200 (benchmarks/attention_gpu.py's sweep).
-    float32 and the interpreter get small tiles, so tests cross several of them."""
+def default_configs(head_dim: int, dtype: torch.dtype, block_size: int | None = None) -> tuple[KernelConfig, KernelConfig]:
+    """(forward, backward) launch configurations, from the sweep of benchmarks/attention_gpu.py on an H200.
+
+    Blocks whose size leaves half a 64-key chunk empty (the 3D default: 4x6x4 = 96 keys) run the forward
+    with 32-key chunks (17% faster there). float32 and the interpreter get small tiles, so tests cross
+    several of them."""
     if INTERPRET or dtype == torch.float32:
         small = KernelConfig(16, 16, 1, 1)
         return small, small
-    return KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 2)
+    block_n = 32 if block_size is not None and 0 < block_size % 64 <= 32 else 64
+    return KernelConfig(64, block_n, 4, 3), KernelConfig(64, 64, 4, 2)
 
 
 def _precision(dtype: torch.dtype) -> str | None:
@@ -352,8 +381,8 @@ def _tile_forward(qb, kb, vb, selection, L, scale, cfg):
     lse = new_empty(BH, S, dtype=torch.float32, device=qb.device)
     splits = triton.cdiv(tiles.max_tile, cfg.block_m)
     _tile_fwd[(tiles.num_tiles * splits, BH)](
-        qb, kb, vb, ob, lse, tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks,
-        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, scale * LOG2E,
+        qb, kb, vb, ob, lse, tiles.offsets_i32, lists.table, lists.count,
+        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, lists.table.shape[1], scale * LOG2E,
         SPLITS=splits, **_meta(D, qb.dtype, cfg),
     )
     return ob, lse
@@ -369,8 +398,9 @@ def _tile_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
     meta = _meta(D, qb.dtype, cfg)
     splits = triton.cdiv(tiles.max_tile, cfg.block_m)
     _tile_bwd_dq[(tiles.num_tiles * splits, BH)](
-        qb, kb, vb, dob, lse, delta, dq, tiles.offsets.to(torch.int32), lists.fwd_ptr, lists.fwd_chunks,
-        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, scale * LOG2E, scale,
+        qb, kb, vb, dob, lse, delta, dq, tiles.offsets_i32, lists.table, lists.count,
+        lists.chunks.start, lists.chunks.end, S, kb.shape[1], tiles.num_tiles, lists.table.shape[1],
+        scale * LOG2E, scale,
         SPLITS=splits, **meta,
     )
     q_start, q_end, rev_ptr, rev_chunks = wl.tile_reverse_lists(selection, lists, L, cfg.block_m)
@@ -385,45 +415,63 @@ def _pair_args(lists: wl.PairLists):
     return (lists.seg_offsets, lists.item_group, lists.item_start, lists.item_len, lists.item_slots, lists.pair_row)
 
 
+# Per-pair partials take pairs x D memory; segments are processed in groups that keep them under this size.
+PAIR_BUFFER_BYTES = 2 << 30
+
+
+def _pair_groups(selection, L, D):
+    return wl.segment_groups(selection, L, max(1, PAIR_BUFFER_BYTES // (4 * D + 4)))
+
+
 def _pair_forward(qb, kb, vb, selection, L, scale, cfg):
     BH, S, D = qb.shape
-    lists = wl.pair_lists(selection, L, cfg.block_m)
     meta = _meta(D, qb.dtype, cfg)
-    partial_o = new_empty(lists.num_pairs, D, dtype=qb.dtype, device=qb.device)
-    partial_lse = new_empty(lists.num_pairs, dtype=torch.float32, device=qb.device)
-    _pair_fwd[(lists.item_group.numel(),)](
-        qb, kb, vb, partial_o, partial_lse, *_pair_args(lists), S, kb.shape[1], lists.n_seg, scale * LOG2E, **meta,
-    )
     ob = new_empty(BH, S, D, dtype=qb.dtype, device=qb.device)
     lse = new_empty(BH, S, dtype=torch.float32, device=qb.device)
-    _pair_merge[(triton.cdiv(S, cfg.block_m), BH)](
-        partial_o, partial_lse, lists.query_ptr, ob, lse, S,
-        D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m, num_warps=cfg.num_warps,
-    )
+    groups = _pair_groups(selection, L, D)
+    state = (lse, lse, ob)  # placeholders: a single group never reads or writes the running state
+    if len(groups) > 1:
+        state = (torch.empty_like(lse), torch.empty_like(lse), torch.empty(BH, S, D, device=qb.device))
+    for g, segments in enumerate(groups):
+        lists = wl.pair_lists(selection, L, cfg.block_m, segments)
+        partial_o = new_empty(lists.num_pairs, D, dtype=qb.dtype, device=qb.device)
+        partial_lse = new_empty(lists.num_pairs, dtype=torch.float32, device=qb.device)
+        _pair_fwd[(lists.item_group.numel(),)](
+            qb, kb, vb, partial_o, partial_lse, *_pair_args(lists), S, kb.shape[1], lists.n_seg, scale * LOG2E,
+            **meta,
+        )
+        _pair_merge[(triton.cdiv(S, cfg.block_m), BH)](
+            partial_o, partial_lse, lists.query_ptr, ob, lse, *state, S,
+            D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m, FIRST=g == 0, LAST=g == len(groups) - 1,
+            num_warps=cfg.num_warps,
+        )
     return ob, lse
 
 
 def _pair_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
     BH, S, D = qb.shape
-    lists = wl.pair_lists(selection, L, cfg.block_m)
     meta = _meta(D, qb.dtype, cfg)
-    partial_dq = new_empty(lists.num_pairs, D, dtype=torch.float32, device=qb.device)
-    _pair_bwd_dq[(lists.item_group.numel(),)](
-        qb, kb, vb, dob, lse, delta, partial_dq, *_pair_args(lists), S, kb.shape[1], lists.n_seg,
-        scale * LOG2E, scale, **meta,
-    )
     dq = new_empty(*qb.shape, dtype=qb.dtype, device=qb.device)
-    _pair_sum[(triton.cdiv(S, cfg.block_m), BH)](
-        partial_dq, lists.query_ptr, dq, S, D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m,
-        num_warps=cfg.num_warps,
-    )
-    chunks = wl.key_chunks(lists.seg_offsets.long(), cfg.block_n)
     dk = new_empty(*kb.shape, dtype=kb.dtype, device=kb.device)
     dv = new_empty(*vb.shape, dtype=vb.dtype, device=vb.device)
-    _pair_bwd_dkdv[(chunks.start.numel(), BH)](
-        qb, kb, vb, dob, lse, delta, dk, dv, chunks.start, chunks.end, chunks.segment, lists.group_items,
-        *_pair_args(lists)[1:], S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
-    )
+    groups = _pair_groups(selection, L, D)
+    dq_run = dq if len(groups) == 1 else torch.empty(BH, S, D, device=qb.device)
+    for g, segments in enumerate(groups):
+        lists = wl.pair_lists(selection, L, cfg.block_m, segments)
+        partial_dq = new_empty(lists.num_pairs, D, dtype=torch.float32, device=qb.device)
+        _pair_bwd_dq[(lists.item_group.numel(),)](
+            qb, kb, vb, dob, lse, delta, partial_dq, *_pair_args(lists), S, kb.shape[1], lists.n_seg,
+            scale * LOG2E, scale, **meta,
+        )
+        _pair_sum[(triton.cdiv(S, cfg.block_m), BH)](
+            partial_dq, lists.query_ptr, dq, dq_run, S, D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m,
+            FIRST=g == 0, LAST=g == len(groups) - 1, num_warps=cfg.num_warps,
+        )
+        chunks = wl.key_chunks(lists.seg_offsets.long(), cfg.block_n)  # chunks of this group's segments only
+        _pair_bwd_dkdv[(chunks.start.numel(), BH)](
+            qb, kb, vb, dob, lse, delta, dk, dv, chunks.start, chunks.end, chunks.segment, lists.group_items,
+            *_pair_args(lists)[1:], S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
+        )
     return dq, dk, dv
 
 
@@ -497,5 +545,5 @@ def block_sparse_attention_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of `block_sparse_attention_torch`: ``(out (B, S, H, D), lse (B, H, S) float32)``."""
     if configs is None:
-        configs = default_configs(q.shape[-1], q.dtype)
+        configs = default_configs(q.shape[-1], q.dtype, selection.partition.max_block_size)
     return _BlockSparseAttention.apply(q, k, v, text_k, text_v, selection, float(scale), configs)

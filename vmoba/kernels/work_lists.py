@@ -4,9 +4,9 @@ Keys live in blocked order with the text keys (if any) appended as one more *seg
 is CSR (a pointer array plus entries) of int32.
 
 Tile granularity (``TileLists``): key chunks (runs of at most ``block_n`` keys of one segment); for every
-``(batch*head, tile)`` the key chunks of the segments it selected (forward, dQ); for every
-``(batch*head, segment)`` the query chunks (runs of at most ``block_m`` rows of one tile) of the tiles
-that selected it (dK/dV).
+``(batch*head, tile)`` a row of a table listing the key chunks of the segments it selected (forward, dQ;
+built without a host sync, which matters at short sequences); for every ``(batch*head, segment)`` the
+query chunks (runs of at most ``block_m`` rows of one tile) of the tiles that selected it (dK/dV).
 
 Token granularity (``PairLists``): a *pair* is (query, segment it selected), numbered query-major, so
 the pairs of one query are consecutive *slots*; per-pair partial results live in those slots. *Items* are
@@ -16,6 +16,7 @@ block); items of one segment are consecutive, which the dK/dV kernel walks.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -79,20 +80,30 @@ def key_chunks(seg_offsets: torch.Tensor, block_n: int) -> KeyChunks:
 class TileLists:
     seg_offsets: torch.Tensor
     chunks: KeyChunks
-    fwd_ptr: torch.Tensor  # [B*H*n_tiles + 1]
-    fwd_chunks: torch.Tensor  # key-chunk ids
+    table: torch.Tensor  # [B*H*n_tiles, width] key-chunk ids, ascending; the first `count` are valid
+    count: torch.Tensor  # [B*H*n_tiles]
     n_seg: int
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_key_chunks(offsets: tuple, block_n: int, device: str) -> KeyChunks:
+    return key_chunks(torch.tensor(offsets, device=device), block_n)
 
 
 def tile_lists(selection: BlockSelection, text_len: int, block_n: int) -> TileLists:
     B, H, nt, _ = selection.mask.shape
     seg_offsets = segment_offsets(selection, text_len)
     n_seg = seg_offsets.numel() - 1
-    chunks = key_chunks(seg_offsets, block_n)
-    mask = with_text_column(selection.mask, text_len)
-    pair_tile, pair_seg = mask.view(B * H * nt, n_seg).nonzero(as_tuple=True)  # sorted by tile
-    owner, fwd_chunks = _expand(chunks.first_of_segment[pair_seg], chunks.per_segment[pair_seg])
-    return TileLists(_i32(seg_offsets), chunks, _csr(pair_tile[owner], B * H * nt), _i32(fwd_chunks), n_seg)
+    chunks = _cached_key_chunks(tuple(seg_offsets.tolist()), block_n, str(seg_offsets.device))
+    n_chunks = chunks.start.numel()
+    chosen = with_text_column(selection.mask, text_len).view(B * H * nt, n_seg)[:, chunks.segment.long()]
+    count = chosen.sum(-1, dtype=torch.int32)
+    slot = torch.cumsum(chosen, -1, dtype=torch.int32) - 1
+    slot = torch.where(chosen, slot, n_chunks)  # unchosen chunks land in a spare last column
+    ids = torch.arange(n_chunks, device=chosen.device, dtype=torch.int32).expand_as(slot)
+    table = torch.zeros(B * H * nt, n_chunks + 1, device=chosen.device, dtype=torch.int32)
+    table.scatter_(1, slot.long(), ids)
+    return TileLists(_i32(seg_offsets), chunks, table, count, n_seg)
 
 
 def tile_reverse_lists(selection: BlockSelection, lists: TileLists, text_len: int, block_m: int):
@@ -125,11 +136,26 @@ class PairLists:
     group_items: torch.Tensor  # [B*H*n_seg + 1] items of each (batch*head, segment)
 
 
-def pair_lists(selection: BlockSelection, text_len: int, block_m: int) -> PairLists:
+def segment_groups(selection: BlockSelection, text_len: int, max_pairs: int) -> list[tuple[int, int]]:
+    """Consecutive segment ranges whose pairs fit ``max_pairs`` (a segment alone may exceed it)."""
+    counts = with_text_column(selection.mask, text_len).sum((0, 1, 2)).tolist()
+    groups, lo, total = [], 0, 0
+    for seg, c in enumerate(counts):
+        if seg > lo and total + c > max_pairs:
+            groups.append((lo, seg))
+            lo, total = seg, 0
+        total += c
+    groups.append((lo, len(counts)))
+    return groups
+
+
+def pair_lists(selection: BlockSelection, text_len: int, block_m: int, segments: tuple[int, int]) -> PairLists:
+    """Pair lists of the segments ``segments = (first, end)``; segment ids in them are relative to ``first``."""
     B, H, S, _ = selection.mask.shape
-    seg_offsets = segment_offsets(selection, text_len)
-    n_seg = seg_offsets.numel() - 1
-    mask = with_text_column(selection.mask, text_len).view(B * H, S, n_seg)
+    lo, hi = segments
+    seg_offsets = segment_offsets(selection, text_len)[lo : hi + 1]
+    n_seg = hi - lo
+    mask = with_text_column(selection.mask, text_len)[..., lo:hi].reshape(B * H, S, n_seg)
     bh, row, seg = mask.nonzero(as_tuple=True)  # query-major: the slot numbering
     query_ptr = _csr(bh * S + row, B * H * S)
     group = bh * n_seg + seg
