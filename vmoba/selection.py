@@ -70,19 +70,6 @@ class BlockSelection:
             pairs = pairs * self.tiles.sizes.to(torch.float32)
         return pairs.sum(-1) / (S * S)
 
-    def kv_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compact block lists per row: ``(indices [B, H, rows, max_count] int32, counts [B, H, rows] int32)``.
-
-        Indices are ascending; slots past the count hold ``n_blocks`` (a padding id).
-        """
-        nb = self.partition.num_blocks
-        counts = self.mask.sum(-1)
-        width = max(1, int(counts.max()))
-        ids = torch.arange(nb, device=self.mask.device, dtype=torch.int32)
-        keyed = torch.where(self.mask, ids, torch.full_like(ids, nb))
-        indices = keyed.sort(-1).values[..., :width]
-        return indices.contiguous(), counts.to(torch.int32)
-
 
 # -- computing a selection ---------------------------------------------------------------------------------
 
@@ -147,13 +134,11 @@ def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R,
     if group == "query_head":
         mask = torch.empty(B, H, R, nb, dtype=torch.bool, device=device)
         step = _row_budget(config, scheme, B, H, R, nb)
-        hint = 16
+        hint = int(config.threshold * nb) + 2  # evenly spread mass would need this many blocks
         for r0 in range(0, R, step):
             r1 = min(R, r0 + step)
             s = _gate_rows(rows_of, kbar, r0, r1).reshape(-1, nb)
-            own = torch.zeros(B, H, r1 - r0, nb, dtype=torch.bool, device=device)
-            own.scatter_(-1, own_block[r0:r1].view(1, 1, -1, 1).expand(B, H, -1, 1), True)
-            own = own.view(-1, nb)
+            own = own_block[r0:r1].view(1, 1, -1).expand(B, H, -1).reshape(-1)  # one own block per row
             if topk:
                 sel = topk_select(s, own, torch.full((s.shape[0],), k_sel, device=device))
             else:

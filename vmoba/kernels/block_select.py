@@ -41,52 +41,93 @@ def normalise_scores(scores: torch.Tensor) -> torch.Tensor:
     return (scores - low) / span
 
 
+def _own_mask(own: torch.Tensor, shape) -> torch.Tensor:
+    """``own`` as a [G, M] bool mask; an index tensor [G] names one own member per row."""
+    if own.dtype == torch.bool:
+        return own
+    return torch.zeros(shape, dtype=torch.bool, device=own.device).scatter_(-1, own[:, None], True)
+
+
 def threshold_select(scores: torch.Tensor, own: torch.Tensor, threshold: float, k_hint: int = 16):
-    """Threshold rule on each row of ``scores`` ([G, M] float32) with own pairs ``own`` ([G, M] bool).
+    """Threshold rule on each row of ``scores`` ([G, M] float32). ``own``: [G, M] bool mask of own pairs,
+    or [G] long index of each row's single own member (the query_head case, cheaper).
 
     Returns ``(selected [G, M] bool, k)`` where ``k`` is a good first guess of the top-k width for the
-    next call on similar rows (the widest cut seen here, with some margin).
+    next call on similar rows (90% of these rows needed at most that many).
+
+    Rows take a float top-k that widens until the cut falls inside it. A tie across the cut (a kept and a
+    dropped member with equal value) makes the float order ambiguous; such rows, rare except for flat
+    rows, are redone with `_threshold_select_exact`, whose integer keys break ties by index.
     """
     G, M = scores.shape
     if threshold >= 1.0:
-        return torch.ones_like(own), k_hint
+        return torch.ones(G, M, dtype=torch.bool, device=scores.device), k_hint
     n = normalise_scores(scores)
     denom = n.sum(-1) + EPS
-    remain = (threshold - (n * own).sum(-1) / denom).clamp_min(0.0)
-    n_others = M - own.sum(-1)
-    key = _sort_keys(n, own)
-    selected = own.clone()
-    rows = None  # None: every row still open
+    if own.dtype == torch.bool:
+        own_mass, n_own = (n * own).sum(-1), own.sum(-1)
+        ranked = n.masked_fill(own, -1.0)
+    else:
+        own_mass, n_own = n.gather(-1, own[:, None])[:, 0], torch.ones_like(own)
+        ranked = n.scatter(-1, own[:, None], -1.0)
+    remain = (threshold - own_mass / denom).clamp_min(0.0)
+    n_others = M - n_own
+    selected = _own_mask(own, (G, M)).clone()
+    rows = None  # every row; later rounds work on the rows still open
+    needed, redo = [], []
     k = max(1, min(M, k_hint))
-    used = 1
     while True:
-        key_r = key if rows is None else key[rows]
-        top_key, top_idx = key_r.topk(k, dim=-1, sorted=True)
-        is_other = top_key != OWN_KEY
-        vals = (n if rows is None else n[rows]).gather(-1, top_idx) * is_other
-        den_r = denom if rows is None else denom[rows]
-        rem_r = remain if rows is None else remain[rows]
-        reached = (vals.cumsum(-1) / den_r[:, None] >= rem_r[:, None]) & is_other
+        sub = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+        vals, idx = sub(ranked).topk(k, dim=-1, sorted=True)
+        is_other = vals >= 0
+        ratio = vals.clamp_min(0.0).cumsum(-1) / sub(denom)[:, None]
+        reached = (ratio >= sub(remain)[:, None]) & is_other
         any_reached = reached.any(-1)
-        done = any_reached | (k >= (n_others if rows is None else n_others[rows]))
         cut = torch.where(any_reached, reached.to(torch.uint8).argmax(-1), k - 1)
-        take = (torch.arange(k, device=n.device) <= cut[:, None]) & is_other
-        used = max(used, int(cut[any_reached].max()) + 1 if bool(any_reached.any()) else 1)
-        hit = torch.zeros_like(key_r, dtype=torch.bool).scatter_(-1, top_idx, take)
-        if rows is None and bool(done.all()):
+        all_seen = k >= sub(n_others)
+        # the cut must sit inside the top-k (not on its last slot, whose tie partners may lie beyond it)
+        done = (any_reached & ((cut < k - 1) | all_seen)) | (~any_reached & all_seen)
+        after = vals.gather(-1, (cut + 1).clamp_max(k - 1)[:, None])[:, 0]
+        tie = done & (cut < k - 1) & (after == vals.gather(-1, cut[:, None])[:, 0]) & (after >= 0)
+        ok = done & ~tie
+        take = (torch.arange(k, device=n.device) <= cut[:, None]) & is_other & ok[:, None]
+        hit = torch.zeros(vals.shape[0], M, dtype=torch.bool, device=n.device).scatter_(-1, idx, take)
+        all_rows = torch.arange(G, device=n.device) if rows is None else rows
+        if rows is None:
             selected |= hit
-            break
-        idx = torch.arange(G, device=n.device) if rows is None else rows
-        selected[idx[done]] |= hit[done]
-        rows = idx[~done]
+        else:
+            selected[rows] |= hit
+        needed.append(cut[ok] + 1)
+        redo.append(all_rows[tie])
+        rows = all_rows[~done]
         if rows.numel() == 0:
             break
         k = min(M, 2 * k)
-    return selected, int(used * 1.25) + 4
+    redo = torch.cat(redo)
+    if redo.numel():
+        own_r = own[redo]
+        selected[redo] = _threshold_select_exact(n[redo], _own_mask(own_r, (redo.numel(), M)), remain[redo], denom[redo])
+    needed = torch.cat(needed)
+    hint = int(needed.float().quantile(0.9)) + 2 if needed.numel() else k_hint
+    return selected, hint
+
+
+def _threshold_select_exact(n, own, remain, denom):
+    """The threshold cut with integer keys (value bits, then index): exact ties, lowest index first."""
+    key = _sort_keys(n, own)
+    top_key, top_idx = key.sort(-1, descending=True)
+    is_other = top_key != OWN_KEY
+    vals = n.gather(-1, top_idx) * is_other
+    reached = (vals.cumsum(-1) / denom[:, None] >= remain[:, None]) & is_other
+    cut = torch.where(reached.any(-1), reached.to(torch.uint8).argmax(-1), n.shape[-1] - 1)
+    take = (torch.arange(n.shape[-1], device=n.device) <= cut[:, None]) & is_other
+    return own | torch.zeros_like(own).scatter_(-1, top_idx, take)
 
 
 def topk_select(scores: torch.Tensor, own: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Keep the own pairs and the highest-scoring others, ``budget`` pairs per row in all (own included)."""
+    """Keep the own pairs and the highest-scoring others, ``budget`` pairs per row in all (own included).
+    ``own`` as in `threshold_select`."""
+    own = _own_mask(own, scores.shape)
     own_count = own.sum(-1)
     take_n = torch.minimum((budget - own_count).clamp_min(0), scores.shape[-1] - own_count)
     k = int(take_n.max()) if take_n.numel() else 0
