@@ -67,15 +67,26 @@ def attention_case(draw):
     )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.fixture(params=["per-block", "masked"])
+def torch_path(request, monkeypatch):
+    """Run a test through both routes of the PyTorch path: the per-key-block loop and the small-problem
+    masked product (which tiny test inputs would otherwise always take)."""
+    from vmoba.kernels import sparse_attention
+
+    if request.param == "per-block":
+        monkeypatch.setattr(sparse_attention, "SMALL_PROBLEM_LOGITS", 0)
+    return request.param
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=attention_case())
-def test_matches_float64_dense_under_mask(case):
+def test_matches_float64_dense_under_mask(case, torch_path):
     run_case(dtype=torch.float64, tol=1e-10, **case)
     run_case(dtype=torch.float32, tol=1e-5, **case)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
-def test_half_precision(dtype, tol):
+def test_half_precision(dtype, tol, torch_path):
     cfg = VMoBAConfig(spatial_chunk=(2, 3), st_chunk=(2, 2, 3))
     for layer in range(3):
         run_case((4, 6, 6), layer, cfg, 2, 2, 32, 3, True, dtype, seed=layer, tol=tol)
@@ -125,7 +136,7 @@ def test_threshold_one_through_sparse_path_equals_dense():
     torch.testing.assert_close(out, ref)
 
 
-def test_gradients_match_reference():
+def test_gradients_match_reference(torch_path):
     grid = (3, 4, 4)
     cfg = VMoBAConfig(spatial_chunk=(2, 2), st_chunk=(2, 2, 2))
     S = math.prod(grid) + 2
@@ -197,3 +208,25 @@ def test_memory_stays_far_below_dense_logits():
     dense_logits = 8192 * 8192 * 4 * 2  # float32, two heads
     assert density < 0.6
     assert growth < dense_logits / 4, f"peak memory grew by {growth / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+@pytest.mark.parametrize("threshold", [0.3, 1.0])
+def test_text_padding_mask(text_first, threshold, torch_path):
+    # padded text tokens (HunyuanVideo's encoder mask) are never attended; their own rows still get outputs
+    grid, L = (3, 4, 4), 5
+    S = math.prod(grid) + L
+    cfg = VMoBAConfig(spatial_chunk=(2, 2), st_chunk=(2, 2, 2), threshold=threshold)
+    q, k, v = (torch.randn(2, S, 2, 8, dtype=torch.float64) for _ in range(3))
+    text_mask = torch.tensor([[True, True, True, False, False], [True, True, True, True, True]])
+    out = vmoba_attention(q, k, v, grid, 1, cfg, text_len=L, text_first=text_first, text_mask=text_mask)
+    vid = slice(L, S) if text_first else slice(0, S - L)
+    scheme = cfg.scheme_for_layer(1)
+    token_mask = select_blocks(q[:, vid], k[:, vid], grid, 1, cfg)
+    mask = full_mask(token_mask, grid, (scheme, cfg.chunk_for_scheme(scheme)), L, text_first)
+    text_cols = torch.arange(L) if text_first else torch.arange(S - L, S)
+    mask[:, :, :, text_cols] &= text_mask[:, None, None, :]
+    ref = dense_masked_attention(q, k, v, mask)
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="text_mask"):
+        vmoba_attention(q, k, v, grid, 1, cfg, text_len=L, text_mask=text_mask[:, :3])

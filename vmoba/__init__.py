@@ -3,6 +3,7 @@
 from .attention import AttentionStats, dense_attention, select_blocks, vmoba_attention
 from .config import VMoBAConfig
 from .partition import BlockPartition, get_partition, partition_blocks
+from .processors import VMoBAProcessor, disable, enable
 from .selection import BlockSelection, compute_selection
 
 __version__ = "0.1.0"
@@ -12,8 +13,11 @@ __all__ = [
     "BlockPartition",
     "BlockSelection",
     "VMoBAConfig",
+    "VMoBAProcessor",
     "compute_selection",
     "dense_attention",
+    "disable",
+    "enable",
     "get_partition",
     "partition_blocks",
     "select_blocks",

@@ -77,9 +77,11 @@ def resolve_backend(config: VMoBAConfig, device: torch.device) -> str:
     return "torch"
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Plain softmax attention on ``(B, S, H, D)`` tensors through PyTorch SDPA."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=attn_mask, scale=scale)
     return out.transpose(1, 2)
 
 
@@ -100,6 +102,7 @@ def vmoba_attention(
     *,
     text_len: int = 0,
     text_first: bool = True,
+    text_mask: torch.Tensor | None = None,
     scale: float | None = None,
     return_stats: bool = False,
 ):
@@ -113,6 +116,8 @@ def vmoba_attention(
         config: a `VMoBAConfig` (or a dict of its fields); None for the defaults.
         text_len: number of text tokens in the sequence, first (``text_first``, CogVideoX) or last
             (HunyuanVideo). Video queries attend to every text key; text queries attend densely.
+        text_mask: optional ``[B, text_len]`` bool, False for padded text tokens: no query attends to them
+            (their own outputs are still computed, over the valid keys, as diffusers does).
         scale: softmax scale, ``1 / sqrt(D)`` by default.
         return_stats: also return an `AttentionStats`.
 
@@ -137,6 +142,15 @@ def vmoba_attention(
     scheme = config.scheme_for_layer(layer_idx)
     chunk = config.chunk_for_scheme(scheme)
 
+    if text_mask is not None:
+        if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
+            raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
+                             f"{text_mask.dtype} {tuple(text_mask.shape)}")
+        if not bool(text_mask.any(-1).all()):
+            raise ValueError("text_mask leaves a batch element with no valid text token")
+        if bool(text_mask.all()):
+            text_mask = None
+
     dense_reason = None
     if layer_idx in config.dense_layers:
         dense_reason = f"layer {layer_idx} is in dense_layers"
@@ -144,11 +158,16 @@ def vmoba_attention(
         dense_reason = f"{n_video} video tokens < min_tokens={config.min_tokens}"
     elif config.is_dense():
         dense_reason = "threshold=1.0 keeps every block"
+    part = get_partition(grid, scheme, chunk, q.device)
     if dense_reason is not None:
-        out = dense_attention(q, k, v, scale)
+        mask = None
+        if text_mask is not None:
+            mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=q.device)
+            text_cols = slice(0, text_len) if text_first else slice(S - text_len, S)
+            mask[:, 0, 0, text_cols] = text_mask
+        out = dense_attention(q, k, v, scale, mask)
         if not return_stats:
             return out
-        part = get_partition(grid, scheme, chunk, "cpu")
         return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, dense_reason)
 
     backend = resolve_backend(config, q.device)
@@ -158,17 +177,24 @@ def vmoba_attention(
         vt, vv = _split_text(v, text_len, text_first)
     else:
         qv, kv, vv = q, k, v
-        kt = vt = None
+        qt = kt = vt = None
 
-    part = get_partition(grid, scheme, chunk, q.device)
     selection = compute_selection(qv, kv, part, config, scheme, backend=backend)
-    out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
-
-    if text_len:
-        out_t = dense_attention(qt, k, v, scale)
-        out = torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
-    else:
-        out = out_v
+    if text_mask is None:
+        out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
+        out_t = dense_attention(qt, k, v, scale) if text_len else None
+    else:  # text keys differ per batch element: one element at a time
+        outs_v, outs_t = [], []
+        for b in range(B):
+            sel_b = BlockSelection(selection.partition, selection.tiles, selection.granularity, selection.mask[b : b + 1])
+            keep = text_mask[b]
+            kt_b, vt_b = kt[b : b + 1, keep], vt[b : b + 1, keep]
+            outs_v.append(_sparse_attention(qv[b : b + 1], kv[b : b + 1], vv[b : b + 1], sel_b, scale, kt_b, vt_b,
+                                            backend, config))
+            outs_t.append(dense_attention(qt[b : b + 1], torch.cat([kv[b : b + 1], kt_b], 1),
+                                          torch.cat([vv[b : b + 1], vt_b], 1), scale))
+        out_v, out_t = torch.cat(outs_v), torch.cat(outs_t)
+    out = out_v if not text_len else torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
     if not return_stats:
         return out
     stats = AttentionStats(

@@ -64,6 +64,99 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+class CliError(Exception):
+    """A problem with the user's request, reported in one line with exit status 2."""
+
+
+def _load_pipeline(model: str | None):
+    from pathlib import Path
+
+    from .pipelines import load_default_pipeline
+
+    if model is None:
+        return load_default_pipeline(quiet=True), True
+    path = Path(model)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise CliError(f"--model {model}: not a diffusers pipeline folder (no model_index.json there)")
+    import json
+
+    if json.loads(index.read_text()).get("_class_name") == "VMoBAWanPipeline":
+        return load_default_pipeline(path), False
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(str(path), local_files_only=True), False
+    except Exception as exc:  # a broken or partial checkpoint: say which and why
+        raise CliError(f"--model {model}: could not load the pipeline: {exc}") from exc
+
+
+def _generate_once(pipe, args, seed: int):
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    t0 = time.perf_counter()
+    frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                  num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                  generator=generator, output_type="np").frames[0]
+    return frames, time.perf_counter() - t0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Text to video with the embedded default (or a local) pipeline, VMoBA attention by default."""
+    from pathlib import Path
+
+    import vmoba
+    from vmoba.pipelines import DEFAULT_VMOBA_CONFIG
+    from vmoba.video import psnr, write_video
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise CliError(f"--out {out}: the video is written as H.264 MP4, give a .mp4 path")
+    if out.exists() and not args.force:
+        raise CliError(f"--out {out} exists; pass --force to replace it")
+    if args.height % 16 or args.width % 16:
+        raise CliError(f"--height and --width must be multiples of 16, got {args.height}x{args.width}")
+    if (args.frames - 1) % 4:
+        raise CliError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...) for Wan-family VAEs, got {args.frames}")
+
+    pipe, embedded = _load_pipeline(args.model)
+    if embedded and not getattr(pipe, "vmoba_trained", False):
+        print("note: the embedded default model has random weights (no trained weights are installed), so the "
+              "video shows structured noise, not the prompt", file=sys.stderr)
+    if args.device:
+        pipe.to(args.device)
+    base = DEFAULT_VMOBA_CONFIG if embedded else vmoba.VMoBAConfig()
+    config = base.replace(threshold=args.threshold, granularity=args.granularity)
+
+    results = {}
+    for mode in (["dense", "vmoba"] if args.compare else [args.attention]):
+        processors = vmoba.enable(pipe, config) if mode == "vmoba" else {}
+        frames, seconds = _generate_once(pipe, args, args.seed)
+        densities = [d for p in processors.values() for d in p.densities]
+        results[mode] = (frames, seconds, sum(densities) / len(densities) if densities else None)
+        if processors:
+            vmoba.disable(pipe)
+    mode = "vmoba" if args.compare else args.attention
+    frames, seconds, density = results[mode]
+    write_video(out, frames, fps=args.fps, overwrite=args.force)
+    summary = f"wrote {out} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {mode} attention, {seconds:.1f} s"
+    print(summary + (f", mean density {density:.3f})" if density is not None else ")"))
+    if args.compare:
+        dense_frames, dense_seconds, _ = results["dense"]
+        print(f"compare at seed {args.seed}: dense {dense_seconds:.1f} s, vmoba {seconds:.1f} s "
+              f"(time ratio dense/vmoba {dense_seconds / seconds:.2f}), mean density {density:.3f}, "
+              f"PSNR vmoba vs dense {psnr(frames, dense_frames):.2f} dB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmoba",
@@ -85,6 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(func=cmd_bench)
+
+    gen = sub.add_parser(
+        "generate",
+        help="text to video with the embedded default model (or --model PATH), VMoBA attention",
+        description="Generate a video from a prompt and write it as H.264 MP4. Uses the embedded default "
+        "text-to-video model unless --model names a local diffusers pipeline folder.",
+    )
+    gen.add_argument("prompt", help='what to show, e.g. "a red circle moves right"')
+    gen.add_argument("--out", required=True, help="output .mp4 file (not replaced unless --force)")
+    gen.add_argument("--attention", choices=["vmoba", "dense"], default="vmoba", help="attention in the transformer")
+    gen.add_argument("--model", help="a local diffusers pipeline folder (Wan, CogVideoX, HunyuanVideo, LTX-Video)")
+    gen.add_argument("--frames", type=_positive, default=17, help="number of frames, 4k+1 (default 17)")
+    gen.add_argument("--height", type=_positive, default=64, help="frame height, a multiple of 16 (default 64)")
+    gen.add_argument("--width", type=_positive, default=64, help="frame width, a multiple of 16 (default 64)")
+    gen.add_argument("--steps", type=_positive, default=20, help="denoising steps (default 20)")
+    gen.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--threshold", type=_fraction, default=0.25, help="VMoBA selection threshold (default 0.25)")
+    gen.add_argument("--granularity", choices=["token", "tile"], default="token")
+    gen.add_argument("--fps", type=_positive, default=8)
+    gen.add_argument("--device", help="torch device, e.g. cuda (default: where the pipeline loads, the CPU)")
+    gen.add_argument("--force", action="store_true", help="replace --out if it exists")
+    gen.add_argument("--compare", action="store_true",
+                     help="run dense and VMoBA at the same seed; print the time ratio, mean density and PSNR")
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -94,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"vmoba {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ import torch
 
 from ..selection import BlockSelection
 
+# Up to this many logits (16 MiB in float32) one masked product beats the per-block loop, whose cost there
+# is the number of small operations rather than arithmetic.
+SMALL_PROBLEM_LOGITS = 1 << 22
+
 
 def block_sparse_attention_torch(
     q: torch.Tensor,
@@ -42,10 +46,14 @@ def block_sparse_attention_torch(
         return None if x is None else x.transpose(1, 2).to(cdt).reshape(B * H, x.shape[1], D)
 
     qb, vb = blocked(q * scale), blocked(v)
-    kb_t = blocked(k).transpose(1, 2).contiguous()  # [B*H, D, S]
     tk, tv = heads_first(text_k), heads_first(text_v)
     chosen = selection.query_mask().reshape(B * H, S, part.num_blocks)
+    L = 0 if tk is None else tk.shape[1]
+    if B * H * S * (S + L) <= min(SMALL_PROBLEM_LOGITS, (memory_budget_mb << 20) // 16):
+        out, lse = _attend_masked(qb, blocked(k), vb, tk, tv, chosen.index_select(2, part.blocked_ids()))
+        return _original_order(out, lse, part, B, H, S, D, q.dtype)
     offsets = part.offsets.tolist()
+    kb_t = blocked(k).transpose(1, 2).contiguous()  # [B*H, D, S]
     differentiable = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, text_k, text_v))
     outs, lses = [], []
@@ -55,9 +63,27 @@ def block_sparse_attention_torch(
                                   differentiable)
         outs.append(o)
         lses.append(lse)
-    out = torch.stack(outs).view(B, H, S, D).index_select(2, part.inverse)
-    lse = torch.stack(lses).view(B, H, S).index_select(2, part.inverse)
-    return out.transpose(1, 2).to(q.dtype), lse.float()
+    return _original_order(torch.stack(outs), torch.stack(lses), part, B, H, S, D, q.dtype)
+
+
+def _original_order(out, lse, part, B, H, S, D, dtype):
+    out = out.reshape(B, H, S, D).index_select(2, part.inverse)
+    lse = lse.reshape(B, H, S).index_select(2, part.inverse)
+    return out.transpose(1, 2).to(dtype), lse.float()
+
+
+def _attend_masked(qb, kb, vb, tk, tv, allowed):
+    """Small problems: every (query, key) logit at once under the selection's [B*H, S, S] mask. Exact, and
+    far fewer operations than the per-block path when those are tiny."""
+    cdt = qb.dtype
+    acc = torch.float64 if cdt == torch.float64 else torch.float32
+    logits = (qb @ kb.transpose(1, 2)).masked_fill(~allowed, float("-inf"))
+    values = vb
+    if tk is not None:
+        logits = torch.cat([logits, qb @ tk.transpose(1, 2)], -1)
+        values = torch.cat([vb, tv], 1)
+    p, lse = _softmax_stats(logits, acc, cdt)
+    return p @ values, lse
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -1,0 +1,101 @@
+"""The embedded default text-to-video pipeline: a tiny Wan-architecture model built fully offline.
+
+Components come from config dicts (no hub access): a Wan transformer, a Wan VAE, a UMT5 text encoder and
+a word-level tokenizer whose vocabulary covers plain descriptions of moving shapes. Until trained weights
+ship inside the package (`vmoba/weights/default/`), the weights are random and seeded: the pipeline runs
+end to end, fast, on a CPU, but its videos are noise. `load_default_pipeline` says which one you got.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import VMoBAConfig
+
+logger = logging.getLogger("vmoba")
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
+
+# Words of the captions the default model is meant for ("a red circle moves right") and a few more.
+VOCABULARY = (
+    "a an the red green blue yellow white black orange purple circle square triangle ball box shape "
+    "moves moving goes slides left right up down on over across dark light background plain small big "
+    "slowly quickly and to of in"
+).split()
+
+# Latent grids of the default resolution are small; so are the blocks that suit them.
+DEFAULT_VMOBA_CONFIG = VMoBAConfig(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 2), threshold=0.25)
+DEFAULT_SIZE = dict(height=64, width=64, num_frames=17)
+
+_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16,
+                    out_channels=16, text_dim=32, freq_dim=64, ffn_dim=128, num_layers=6, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+_TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+
+
+def _pipeline_class():
+    from diffusers import WanPipeline
+
+    class VMoBAWanPipeline(WanPipeline):
+        """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once."""
+
+        def set_attn_processor(self, processor) -> None:
+            """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
+            for name in ("transformer", "transformer_2"):
+                model = getattr(self, name, None)
+                if model is not None:
+                    model.set_attn_processor(processor.clone() if hasattr(processor, "clone") else copy.copy(processor))
+
+    return VMoBAWanPipeline
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(VOCABULARY)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_default_pipeline(seed: int = 0):
+    """The default architecture with seeded random weights."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**_TRANSFORMER)
+        vae = AutoencoderKLWan(**_VAE)
+        text_encoder = UMT5EncoderModel(UMT5Config(**_TEXT_ENCODER))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = _pipeline_class()(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                             transformer=transformer)
+    pipe.vmoba_trained = False
+    return pipe
+
+
+def load_default_pipeline(path: str | Path | None = None, *, quiet: bool = False):
+    """The embedded default pipeline (weights from ``path`` or from the package when trained ones exist).
+
+    ``pipe.vmoba_trained`` tells whether the weights are trained; with random weights a warning says so.
+    """
+    path = Path(path) if path is not None else WEIGHTS_DIR
+    if (path / "model_index.json").is_file():
+        pipe = _pipeline_class().from_pretrained(str(path), local_files_only=True)
+        pipe.vmoba_trained = True
+        return pipe
+    if not quiet:
+        logger.warning("the embedded default model has random weights (no trained weights in %s): it runs end to end "
+                       "but its videos are noise", path)
+    return build_default_pipeline()
