@@ -18,6 +18,10 @@ import torch
 
 from ..selection import BlockSelection
 
+# PyTorch's fused CPU flash-attention kernel returns the log-sum-exp the merge needs, but not as a
+# differentiable output: it serves calls without autograd (inference), the matrix products the rest.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
 # Up to this many logits (16 MiB in float32) one masked product beats the per-block loop, whose cost there
 # is the number of small operations rather than arithmetic.
 SMALL_PROBLEM_LOGITS = 1 << 22
@@ -53,14 +57,15 @@ def block_sparse_attention_torch(
         out, lse = _attend_masked(qb, blocked(k), vb, tk, tv, chosen.index_select(2, part.blocked_ids()))
         return _original_order(out, lse, part, B, H, S, D, q.dtype)
     offsets = part.offsets.tolist()
-    kb_t = blocked(k).transpose(1, 2).contiguous()  # [B*H, D, S]
     differentiable = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, text_k, text_v))
+    flash = not differentiable and _FLASH_CPU is not None and q.device.type == "cpu"
+    kb = blocked(k) if flash else blocked(k).transpose(1, 2).contiguous()  # [B*H, S, D] or [B*H, D, S]
     outs, lses = [], []
     for bh in range(B * H):
-        text = None if tk is None else (tk[bh].t().contiguous(), tv[bh])
-        o, lse = _attend_one_head(qb[bh], kb_t[bh], vb[bh], text, chosen[bh], offsets, memory_budget_mb << 20,
-                                  differentiable)
+        text = None if tk is None else ((tk[bh], tv[bh]) if flash else (tk[bh].t().contiguous(), tv[bh]))
+        o, lse = _attend_one_head(qb[bh], kb[bh], vb[bh], text, chosen[bh], offsets, memory_budget_mb << 20,
+                                  differentiable, flash)
         outs.append(o)
         lses.append(lse)
     return _original_order(torch.stack(outs), torch.stack(lses), part, B, H, S, D, q.dtype)
@@ -152,11 +157,10 @@ class _RunningMerge:
         return self.o / self.z[:, None], self.m + torch.log(self.z)
 
 
-def _attend_one_head(q, k_t, v, text, chosen, offsets, budget, differentiable):
-    """q, v: [S, D] and k_t: [D, S] in blocked order; chosen: [S, n_blocks]; text: ([D, L], [L, D]) or None.
-
-    Keys come transposed and contiguous: a block is then a column slice, which BLAS multiplies at full
-    speed, where a transposed row slice can be several times slower."""
+def _attend_one_head(q, k, v, text, chosen, offsets, budget, differentiable, flash):
+    """q, v: [S, D] in blocked order; k: [S, D] with ``flash``, else transposed [D, S] and contiguous (a block
+    is then a column slice, which BLAS multiplies at full speed where a transposed row slice can be several
+    times slower); chosen: [S, n_blocks]; text: (keys, values) laid out like k and v, or None."""
     S, D = q.shape
     cdt = q.dtype
     acc = torch.float64 if cdt == torch.float64 else torch.float32
@@ -164,19 +168,26 @@ def _attend_one_head(q, k_t, v, text, chosen, offsets, budget, differentiable):
     block, query = chosen.t().nonzero(as_tuple=True)  # grouped by block, queries ascending
     counts = torch.bincount(block, minlength=len(offsets) - 1).tolist()
 
-    def attend(rows, keys_t, values):
-        p, lse = _softmax_stats(q.index_select(0, rows) @ keys_t, acc, cdt)
+    def attend(rows, keys, values):
+        if flash:
+            out, lse = _FLASH_CPU(q.index_select(0, rows)[None, None], keys[None, None], values[None, None],
+                                  0.0, False, scale=1.0)
+            merge.add(rows, lse[0, 0].to(acc), out[0, 0], budget // 4)
+            return
+        p, lse = _softmax_stats(q.index_select(0, rows) @ keys, acc, cdt)
         merge.add(rows, lse, p @ values, budget // 4)
 
     start = 0
     for j, count in enumerate(counts):
-        keys_t, values = k_t[:, offsets[j] : offsets[j + 1]], v[offsets[j] : offsets[j + 1]]
-        run = max(1, budget // (4 * values.shape[0] * 16))  # rows per product: logits and softmax in budget/4
-        for r0 in range(start, start + count, run):
-            attend(query[r0 : min(start + count, r0 + run)], keys_t, values)
+        keys = k[offsets[j] : offsets[j + 1]] if flash else k[:, offsets[j] : offsets[j + 1]]
+        values = v[offsets[j] : offsets[j + 1]]
+        # rows per product: the fused kernel tiles itself; otherwise logits and softmax fit budget/4
+        run = count if flash else max(1, budget // (4 * values.shape[0] * 16))
+        for r0 in range(start, start + count, max(1, run)):
+            attend(query[r0 : min(start + count, r0 + run)], keys, values)
         start += count
     if text is not None:
-        run = max(1, budget // (4 * text[1].shape[0] * 16))
+        run = S if flash else max(1, budget // (4 * text[1].shape[0] * 16))
         for r0 in range(0, S, run):
             attend(torch.arange(r0, min(S, r0 + run), device=q.device), *text)
     return merge.result()
