@@ -290,11 +290,11 @@ def _file_sensor_size(path: str, fmt: str, sensor_size: Sequence[int] | None) ->
 
 def _open_chunks(path: str | os.PathLike, format: str | None, sensor_size, chunk_size: int):
     path = os.fspath(path)
+    fmt = detect_format(path, format)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event file at {path}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of events, got {chunk_size}")
-    fmt = detect_format(path, format)
     size = _file_sensor_size(path, fmt, sensor_size)
     return path, size, _READERS[fmt](path, chunk_size)
 

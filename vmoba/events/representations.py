@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -71,6 +73,26 @@ def events_to_voxel_grid(
             mean, std = values.mean(), values.std(correction=0)
             grid[nonzero] = (values - mean) / std if std > 0 else values - mean
     return grid.to(dtype)
+
+
+def events_to_voxel_windows(events: EventStream, boundaries: Sequence[float], num_bins: int) -> torch.Tensor:
+    """``[N, num_bins, H, W]`` voxel grids of the N intervals between consecutive ``boundaries`` (seconds).
+
+    Each interval is ``[b_k, b_{k+1})`` except the last, which is closed so an event at the final boundary counts.
+    """
+    edges = np.asarray(boundaries, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"boundaries must be at least 2 strictly increasing times, got {boundaries!r}")
+    if len(events) and (events.t[0] < edges[0] or events.t[-1] > edges[-1]):
+        raise ValueError(
+            f"events span [{events.t[0]!r}, {events.t[-1]!r}] s, outside the boundaries [{edges[0]!r}, {edges[-1]!r}]"
+        )
+    grids = []
+    for k in range(len(edges) - 1):
+        last = k == len(edges) - 2
+        window = events.time_window(edges[k], np.nextafter(edges[k + 1], np.inf) if last else edges[k + 1])
+        grids.append(events_to_voxel_grid(window, num_bins, t_range=(edges[k], edges[k + 1])))
+    return torch.stack(grids)
 
 
 def events_to_frame(events: EventStream, *, split_polarity: bool = True) -> torch.Tensor:
