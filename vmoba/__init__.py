@@ -2,6 +2,7 @@
 
 from .attention import AttentionStats, dense_attention, select_blocks, vmoba_attention
 from .config import VMoBAConfig
+from .crisscross import CrissCrossAttention, CrissCrossAttention3D, RecurrentCrissCrossAttention
 from .partition import BlockPartition, get_partition, partition_blocks
 from .selection import BlockSelection, compute_selection
 
@@ -11,6 +12,9 @@ __all__ = [
     "AttentionStats",
     "BlockPartition",
     "BlockSelection",
+    "CrissCrossAttention",
+    "CrissCrossAttention3D",
+    "RecurrentCrissCrossAttention",
     "VMoBAConfig",
     "compute_selection",
     "dense_attention",
