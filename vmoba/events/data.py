@@ -105,3 +105,20 @@ def make_batch(seeds, cfg: SequenceConfig = SequenceConfig(), images: tuple[str,
     """Stacked sequences: ``frames [B, N + 1, S, S]``, ``voxels [B, N, bins, S, S]``."""
     pairs = [make_sequence(int(s), cfg, images) for s in seeds]
     return torch.stack([f for f, _ in pairs]), torch.stack([v for _, v in pairs])
+
+
+class SyntheticBatches(torch.utils.data.IterableDataset):
+    """Batches for training steps ``0 .. steps - 1``; step k of process ``rank`` always gets the same seeds,
+    however many DataLoader workers share the steps (worker w makes steps w, w + W, ... in order, and the
+    loader interleaves workers round-robin, so the order is kept too)."""
+
+    def __init__(self, cfg: SequenceConfig, batch_size: int, base_seed: int, steps: int, rank: int = 0, world: int = 1):
+        self.cfg, self.batch_size, self.base_seed, self.steps = cfg, batch_size, base_seed, steps
+        self.rank, self.world = rank, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for step in range(worker, self.steps, workers):
+            first = self.base_seed + (step * self.world + self.rank) * self.batch_size
+            yield make_batch(range(first, first + self.batch_size), self.cfg)

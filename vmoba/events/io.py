@@ -91,10 +91,10 @@ def _iter_text_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
         next(file, None)  # header, read by _text_header
         line_no = 2
         while True:
-            lines = [ln for ln in itertools.islice(file, chunk_size)]
+            lines = list(itertools.islice(file, chunk_size))
             if not lines:
                 return
-            rows = _parse_text_rows(path, [ln for ln in lines if ln.strip()], line_no)
+            rows = _parse_text_rows(path, lines, line_no)
             line_no += len(lines)
             if rows.size == 0:
                 continue
@@ -342,31 +342,33 @@ def iter_event_windows(
     if not window > 0:
         raise ValueError(f"window must be a positive duration in seconds, got {window!r}")
     path, size, chunks = _open_chunks(path, format, sensor_size, chunk_size)
-    pending: list[EventStream] = []
-    edge = None if t_start is None else float(t_start)
-    last_t = None
-    seen = False
+    origin = None if t_start is None else float(t_start)
+    pending: EventStream | None = None  # events of the window still open
+    k = 0  # index of that window; edges are origin + k * window (no drift from repeated addition)
     for chunk in chunks:
-        events = _checked(path, chunk, size, last_t)
+        events = _checked(path, chunk, size, None if pending is None or not len(pending) else float(pending.t[-1]))
         if not len(events):
             continue
-        seen = True
-        last_t = float(events.t[-1])
-        if edge is None:
-            edge = float(events.t[0])
-        if events.t[0] < edge:
-            raise ValueError(f"{path}: events before t_start={edge!r} s (first at {events.t[0]!r} s)")
-        pending.append(events)
-        while last_t >= edge + window:
-            buffered = EventStream.concatenate(pending)
-            yield buffered.time_window(edge, edge + window)
-            edge += window
-            pending = [buffered.time_window(edge, np.inf)]
-    if not seen:
+        if origin is None:
+            origin = float(events.t[0])
+        if events.t[0] < origin:
+            raise ValueError(f"{path}: events before t_start={origin!r} s (first at {events.t[0]!r} s)")
+        buffered = events if pending is None else EventStream.concatenate([pending, events])
+        last_t = float(buffered.t[-1])
+        closed = k
+        while origin + (closed + 1) * window <= last_t:  # a window is complete once a later event is seen
+            closed += 1
+        # one binary search for all completed windows, so a chunk is sliced, never copied per window
+        edges = origin + np.arange(k, closed + 1) * window
+        bounds = np.searchsorted(buffered.t, edges, side="left")
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            yield buffered[int(lo) : int(hi)]
+        k = closed
+        pending = buffered[int(bounds[-1]) :]
+    if pending is None:
         raise ValueError(f"{path} contains no events")
-    rest = EventStream.concatenate(pending)
-    if len(rest):
-        yield rest
+    if len(pending):
+        yield pending
 
 
 def write_events(path: str | os.PathLike, events: EventStream, *, format: str | None = None, overwrite: bool = False) -> None:

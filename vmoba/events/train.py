@@ -24,7 +24,7 @@ from torch import nn
 
 from ..pipelines.event_to_video import EventToVideoPipeline, build_denoiser, build_scheduler
 from .conditioner import ConditionerState, EventResidualConditioner
-from .data import SequenceConfig, make_batch
+from .data import SequenceConfig, SyntheticBatches
 
 
 def build_pipeline(num_bins: int = 5, channels: int = 32, residual_scale: float = 5.0) -> EventToVideoPipeline:
@@ -47,13 +47,14 @@ class ResidualTrainingLoss(nn.Module):
 
     def forward(self, frames: torch.Tensor, voxels: torch.Tensor, generator: torch.Generator):
         B, N = voxels.shape[:2]
+        device = generator.device  # every random draw comes from the one seeded generator, on the data's device
         state = ConditionerState(lowfreq=frames[:, :1])
-        picked = set(torch.rand(N, generator=generator).argsort()[: self.denoised_frames].tolist())
+        picked = set(torch.rand(N, generator=generator, device=device).argsort()[: self.denoised_frames].tolist())
         lf_losses, x0s, conditions = [], [], []
         for k in range(N):
             previous, target = frames[:, k : k + 1], frames[:, k + 1 : k + 2]
-            jitter = self.prev_noise * torch.rand(B, 1, 1, 1, generator=generator)
-            noisy_previous = (previous + jitter * torch.randn(previous.shape, generator=generator)).clamp(0, 1)
+            jitter = self.prev_noise * torch.rand(B, 1, 1, 1, generator=generator, device=device)
+            noisy_previous = (previous + jitter * torch.randn(previous.shape, generator=generator, device=device)).clamp(0, 1)
             condition, lowfreq, state = self.conditioner(voxels[:, k], noisy_previous, state)
             lf_losses.append(F.mse_loss(lowfreq, target))
             if k in picked:
@@ -61,8 +62,8 @@ class ResidualTrainingLoss(nn.Module):
                 conditions.append(condition)
         # one denoiser call for all picked frames (one batch, one DDP reduction)
         x0, condition = torch.cat(x0s), torch.cat(conditions)
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=device)
         prediction = self.unet(torch.cat([self.scheduler.add_noise(x0, noise, t), condition], 1), t).sample
         return torch.stack(lf_losses).mean(), F.mse_loss(prediction, x0)
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prev-noise", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that simulate the batches")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -95,7 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     loss_module = ResidualTrainingLoss(pipe, args.denoised_frames, args.prev_noise)
     optimizer = torch.optim.AdamW(loss_module.parameters(), lr=args.lr, weight_decay=1e-4)
     model, optimizer = accelerator.prepare(loss_module, optimizer)
-    generator = torch.Generator().manual_seed(args.seed + 1000 * accelerator.process_index)
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + 1000 * accelerator.process_index)
+    batches = SyntheticBatches(cfg, args.batch_size, 10_000_000 * (args.seed + 1), args.steps,
+                               accelerator.process_index, accelerator.num_processes)
+    if args.workers > 0:
+        batches = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.workers,
+                                              worker_init_fn=lambda _: torch.set_num_threads(1), prefetch_factor=4)
+    batches = iter(batches)
     budget = args.minutes * 60
     start = time.time()
     log = []
@@ -106,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         progress = max(step / args.steps, elapsed / budget)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-        first_seed = 10_000_000 * (args.seed + 1) + (step * accelerator.num_processes + accelerator.process_index) * args.batch_size
-        frames, voxels = make_batch(range(first_seed, first_seed + args.batch_size), cfg)
+        frames, voxels = next(batches)
         frames, voxels = frames.to(accelerator.device), voxels.to(accelerator.device)
         lf_loss, diff_loss = model(frames, voxels, generator)
         optimizer.zero_grad(set_to_none=True)
