@@ -40,18 +40,31 @@ def _masked_self(energy: torch.Tensor, length: int, axis_q: int) -> torch.Tensor
     return energy.masked_fill(eye.view(shape), float("-inf"))
 
 
-class CrissCrossAttention(nn.Module):
+class _CrissCrossBase(nn.Module):
+    """Projections (Q, K to ``C // 8`` channels, V to ``C``) and the gated residual shared by 2D and 3D."""
+
+    def __init__(self, in_channels: int, conv: type[nn.Module]):
+        super().__init__()
+        qk = _qk_channels(in_channels)
+        self.in_channels = in_channels
+        self.query = conv(in_channels, qk, 1)
+        self.key = conv(in_channels, qk, 1)
+        self.value = conv(in_channels, in_channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.attention(x) + x
+
+
+class CrissCrossAttention(_CrissCrossBase):
     """Criss-cross attention on ``(B, C, H, W)``: each position attends to the ``H + W - 1`` positions of its
     row and column. ``y = gamma * attention + x`` with ``gamma`` starting at 0, so a fresh module is the identity."""
 
     def __init__(self, in_channels: int):
-        super().__init__()
-        qk = _qk_channels(in_channels)
-        self.in_channels = in_channels
-        self.query = nn.Conv2d(in_channels, qk, 1)
-        self.key = nn.Conv2d(in_channels, qk, 1)
-        self.value = nn.Conv2d(in_channels, in_channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        super().__init__(in_channels, nn.Conv2d)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The aggregated values alone (before the gamma-weighted residual)."""
@@ -65,22 +78,13 @@ class CrissCrossAttention(nn.Module):
         a_col, a_row = att.split([H, W], dim=-1)
         return torch.einsum("bhwk,bckw->bchw", a_col, v) + torch.einsum("bhwk,bchk->bchw", a_row, v)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.attention(x) + x
 
-
-class CrissCrossAttention3D(nn.Module):
+class CrissCrossAttention3D(_CrissCrossBase):
     """Criss-cross attention on ``(B, C, T, H, W)``: the ``T + H + W - 2`` positions on a position's t-, h- and
     w-lines, one softmax, no scaling, ``y = gamma * attention + x`` with ``gamma`` starting at 0."""
 
     def __init__(self, in_channels: int):
-        super().__init__()
-        qk = _qk_channels(in_channels)
-        self.in_channels = in_channels
-        self.query = nn.Conv3d(in_channels, qk, 1)
-        self.key = nn.Conv3d(in_channels, qk, 1)
-        self.value = nn.Conv3d(in_channels, in_channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        super().__init__(in_channels, nn.Conv3d)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, 5, self.in_channels, type(self).__name__)
@@ -96,9 +100,6 @@ class CrissCrossAttention3D(nn.Module):
             + torch.einsum("bthwk,bctkw->bcthw", a_h, v)
             + torch.einsum("bthwk,bcthk->bcthw", a_w, v)
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.attention(x) + x
 
 
 class RecurrentCrissCrossAttention(nn.Module):
