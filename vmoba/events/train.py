@@ -1,6 +1,7 @@
 """Train the event-to-video pipeline on simulated events from bundled photographs, with accelerate.
 
     OMP_NUM_THREADS=1 accelerate launch --cpu -m vmoba.events.train --out runs/events --minutes 25
+    ... --out runs/events2 --init-from runs/events --lr 5e-4          # continue a run (new seeds via --seed)
     python -m vmoba.events.train --out runs/events --steps 2000          # plain single process also works
 
 Each step draws fresh sequences (`vmoba.events.data`), so there is no dataset to store and no epoch. Two losses,
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that simulate the batches")
+    parser.add_argument("--init-from", default=None, help="a saved pipeline to continue training from")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     accelerator = Accelerator()
     torch.manual_seed(args.seed)
-    pipe = build_pipeline()
+    pipe = EventToVideoPipeline.from_pretrained(args.init_from) if args.init_from else build_pipeline()
     cfg = SequenceConfig(size=args.size, num_frames=args.frames)
     loss_module = ResidualTrainingLoss(pipe, args.denoised_frames, args.prev_noise)
     optimizer = torch.optim.AdamW(loss_module.parameters(), lr=args.lr, weight_decay=1e-4)
