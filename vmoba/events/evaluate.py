@@ -78,10 +78,12 @@ def load_lpips():
 
 
 def frame_metrics(prediction: torch.Tensor, target: torch.Tensor, lpips_fn=None) -> dict[str, float]:
-    """Metrics of ``[N, H, W]`` frames against the truth, averaged over the N frames."""
+    """Metrics of ``[N, H, W]`` frames against the truth, averaged over the N frames (``ssim_per_frame`` too)."""
+    per_frame = ssim(prediction, target)
     out = {
         "mse": float(((prediction.double() - target.double()) ** 2).mean()),
-        "ssim": float(ssim(prediction, target).mean()),
+        "ssim": float(per_frame.mean()),
+        "ssim_per_frame": [round(v, 6) for v in per_frame.tolist()],
     }
     if lpips_fn is not None:
         out["lpips"] = float(lpips_fn(prediction, target).mean())
@@ -89,7 +91,7 @@ def frame_metrics(prediction: torch.Tensor, target: torch.Tensor, lpips_fn=None)
 
 
 def evaluate(pipe, num_sequences: int, *, config: SequenceConfig = SequenceConfig(num_frames=8),
-             num_inference_steps: int = 10, first: int = 0, use_lpips: bool = True) -> dict:
+             num_inference_steps: int = 25, first: int = 0, use_lpips: bool = True) -> dict:
     """Per-sequence and mean metrics of the three methods on held-out sequences ``first .. first + n - 1``."""
     lpips_fn, lpips_note = load_lpips() if use_lpips else (None, "disabled")
     rows = []
@@ -101,15 +103,17 @@ def evaluate(pipe, num_sequences: int, *, config: SequenceConfig = SequenceConfi
         predictions = {"diffusion": out.frames[0], "lowfreq": out.lowfreq[0],
                        "hold_first_frame": frames[:1].expand_as(truth)}
         rows.append({"sequence": index, **{m: frame_metrics(predictions[m], truth, lpips_fn) for m in METHODS}})
-    metric_names = list(rows[0]["diffusion"])
+    metric_names = [k for k in rows[0]["diffusion"] if k != "ssim_per_frame"]
     mean = {m: {k: sum(r[m][k] for r in rows) / len(rows) for k in metric_names} for m in METHODS}
+    for m in METHODS:  # how the methods drift along the sequence
+        mean[m]["ssim_per_frame"] = [round(sum(v) / len(rows), 4) for v in zip(*(r[m]["ssim_per_frame"] for r in rows))]
     return {"mean": mean, "per_sequence": rows, "lpips": lpips_note or "alex",
             "config": {**config.__dict__, "num_inference_steps": num_inference_steps, "first_sequence": first,
                        "num_sequences": num_sequences, "held_out_images": list(HELD_OUT_IMAGES), "seed_base": EVAL_SEED}}
 
 
 def format_table(result: dict) -> str:
-    names = list(result["mean"]["diffusion"])
+    names = [n for n in result["mean"]["diffusion"] if n != "ssim_per_frame"]
     arrows = {"mse": "lower", "ssim": "higher", "lpips": "lower"}
     lines = ["| method | " + " | ".join(f"{n.upper()} ({arrows[n]} is better)" for n in names) + " |",
              "|---|" + "---|" * len(names)]
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="a saved pipeline directory (default: the shipped weights)")
     parser.add_argument("--sequences", type=int, default=24)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
     parser.add_argument("--no-lpips", action="store_true")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--overwrite", action="store_true")
