@@ -3,6 +3,7 @@
 Timestamps are float64 seconds throughout; integer microseconds come in through ``time_unit="us"``.
 """
 
+from .conditioner import EventResidualConditioner
 from .io import FORMATS, detect_format, iter_event_windows, read_events, write_events
 from .representations import (
     events_to_frame,
@@ -16,6 +17,7 @@ from .stream import EventStream, polarity_to_signed
 
 __all__ = [
     "FORMATS",
+    "EventResidualConditioner",
     "EventStream",
     "detect_format",
     "events_to_frame",
