@@ -2,6 +2,7 @@
 
     python -m vmoba.events.evaluate --out benchmarks/results/events_eval.json          # shipped weights
     python -m vmoba.events.evaluate --weights runs/events --sequences 4 --out /tmp/e.json
+    python -m vmoba.events.evaluate --first 100000 --sequences 8 --steps 25 --out /tmp/val.json   # validation
 
 Sequences are made by `vmoba.events.data` from photographs the training never sees (``HELD_OUT_IMAGES``),
 from seeds disjoint from training. Three methods, all given the events and the first frame:
@@ -91,7 +92,7 @@ def frame_metrics(prediction: torch.Tensor, target: torch.Tensor, lpips_fn=None)
 
 
 def evaluate(pipe, num_sequences: int, *, config: SequenceConfig = SequenceConfig(num_frames=8),
-             num_inference_steps: int = 25, first: int = 0, use_lpips: bool = True) -> dict:
+             num_inference_steps: int = 50, first: int = 0, use_lpips: bool = True) -> dict:
     """Per-sequence and mean metrics of the three methods on held-out sequences ``first .. first + n - 1``."""
     lpips_fn, lpips_note = load_lpips() if use_lpips else (None, "disabled")
     rows = []
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="a saved pipeline directory (default: the shipped weights)")
     parser.add_argument("--sequences", type=int, default=24)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps")
+    parser.add_argument("--first", type=int, default=0,
+                        help="index of the first sequence; the committed test set is 0..23, validation used 100000..")
     parser.add_argument("--no-lpips", action="store_true")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--overwrite", action="store_true")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     start = time.time()
     result = evaluate(pipe, args.sequences, config=SequenceConfig(num_frames=args.frames),
-                      num_inference_steps=args.steps, use_lpips=not args.no_lpips)
+                      num_inference_steps=args.steps, first=args.first, use_lpips=not args.no_lpips)
     result["weights"] = args.weights or "shipped (vmoba/weights/events)"
     result["seconds"] = round(time.time() - start, 1)
     result["machine"] = f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"

@@ -141,7 +141,7 @@ class EventToVideoPipeline(DiffusionPipeline):
         frame_timestamps: Sequence[float] | None = None,
         num_frames: int | None = None,
         first_frame: np.ndarray | torch.Tensor | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = 50,
         generator: torch.Generator | None = None,
         output_type: str = "np",
         return_dict: bool = True,
