@@ -88,6 +88,8 @@ def test_pipeline_input_errors():
         pipe(voxels=torch.zeros(1, 2, 3, 16, 16), first_frame=torch.zeros(8, 8))
     with pytest.raises(ValueError, match=r"\(B, N, 3, H, W\)"):
         pipe(voxels=torch.zeros(1, 2, 5, 16, 16))
+    with pytest.raises(ValueError, match="not both or neither"):
+        pipe()
     with pytest.raises(ValueError, match="frame_timestamps"):
         pipe(EventStream([0], [0], [0.0], [1], (4, 4)))
     with pytest.raises(ValueError, match="outside the boundaries"):

@@ -67,7 +67,7 @@ class EventToVideoPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "conditioner->unet"
 
-    def __init__(self, unet: UNet2DModel, conditioner: EventResidualConditioner, scheduler, residual_scale: float = 4.0):
+    def __init__(self, unet: UNet2DModel, conditioner: EventResidualConditioner, scheduler, residual_scale: float = 5.0):
         super().__init__()
         expected = 1 + conditioner.out_channels
         if unet.config.in_channels != expected or unet.config.out_channels != 1:
@@ -91,6 +91,8 @@ class EventToVideoPipeline(DiffusionPipeline):
 
     def _prepare(self, events, voxels, frame_timestamps, num_frames, first_frame):
         num_bins = self.conditioner.config.num_bins
+        if (events is None) == (voxels is None):
+            raise ValueError("pass either events (an EventStream) or voxels (B, N, num_bins, H, W), not both or neither")
         single = voxels is None
         if single:
             if not isinstance(events, EventStream):
