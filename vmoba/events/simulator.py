@@ -26,7 +26,7 @@ from .stream import EventStream
 MIN_THRESHOLD = 0.01
 
 
-def _as_tensor(name: str, value: Any) -> torch.Tensor:
+def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
@@ -63,8 +63,8 @@ def simulate_events(
         eps: offset inside ``log(I + eps)``, keeps black pixels finite.
         seed: seeds every random draw; the result is a function of the arguments.
     """
-    frames = _as_tensor("frames", frames)
-    ts = _as_tensor("timestamps", timestamps)
+    frames = _as_tensor(frames)
+    ts = _as_tensor(timestamps)
     if frames.dim() != 3 or frames.shape[0] < 2:
         raise ValueError(f"frames must have shape (N, H, W) with N >= 2, got {tuple(frames.shape)}")
     if ts.shape != (frames.shape[0],):
