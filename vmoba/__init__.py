@@ -2,6 +2,7 @@
 
 from .attention import AttentionStats, dense_attention, select_blocks, vmoba_attention
 from .config import VMoBAConfig
+from .crisscross import CrissCrossAttention, CrissCrossAttention3D, RecurrentCrissCrossAttention
 from .partition import BlockPartition, get_partition, partition_blocks
 from .processors import VMoBAProcessor, disable, enable
 from .selection import BlockSelection, compute_selection
@@ -12,6 +13,9 @@ __all__ = [
     "AttentionStats",
     "BlockPartition",
     "BlockSelection",
+    "CrissCrossAttention",
+    "CrissCrossAttention3D",
+    "RecurrentCrissCrossAttention",
     "VMoBAConfig",
     "VMoBAProcessor",
     "compute_selection",

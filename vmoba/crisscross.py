@@ -1,0 +1,141 @@
+"""Criss-cross attention (CCNet) modules on feature maps: 2D, 3D and recurrent.
+
+Each position attends to the positions on its own lines through the map (row and column in 2D; the t-, h-
+and w-lines in 3D), itself counted once, with one softmax over all of them and no scaling. Energies are
+computed line by line, so memory is ``positions x (sum of line lengths)``, never ``positions^2``.
+
+Cost accounting (`crisscross_flops`, `non_local_flops`): FLOPs = 2 x multiply-accumulates of the 1x1
+projections, the energies and the weighted sum; softmax, masking and the residual add are not counted (they
+are O(positions x line length) and lower order). The implementation computes each position's own energy once
+per line and masks the duplicates, so a 2D module evaluates ``H + W`` energies per position rather than the
+``H + W - 1`` that are used; the count below is of the work actually done.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check_input(x: torch.Tensor, dims: int, in_channels: int, name: str) -> None:
+    layout = "(B, C, H, W)" if dims == 4 else "(B, C, T, H, W)"
+    if not isinstance(x, torch.Tensor) or x.dim() != dims:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} expects a {layout} tensor, got {shape}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{name} was built for {in_channels} channels, got input with {x.shape[1]}: {tuple(x.shape)}")
+
+
+def _qk_channels(in_channels: int) -> int:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    return max(1, in_channels // 8)
+
+
+def _masked_self(energy: torch.Tensor, length: int, axis_q: int) -> torch.Tensor:
+    """Mask the diagonal (a position paired with itself) of ``energy`` along one line."""
+    eye = torch.eye(length, dtype=torch.bool, device=energy.device)
+    shape = [1] * energy.dim()
+    shape[axis_q], shape[-1] = length, length
+    return energy.masked_fill(eye.view(shape), float("-inf"))
+
+
+class _CrissCrossBase(nn.Module):
+    """Projections (Q, K to ``C // 8`` channels, V to ``C``) and the gated residual shared by 2D and 3D."""
+
+    def __init__(self, in_channels: int, conv: type[nn.Module]):
+        super().__init__()
+        qk = _qk_channels(in_channels)
+        self.in_channels = in_channels
+        self.query = conv(in_channels, qk, 1)
+        self.key = conv(in_channels, qk, 1)
+        self.value = conv(in_channels, in_channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.attention(x) + x
+
+
+class CrissCrossAttention(_CrissCrossBase):
+    """Criss-cross attention on ``(B, C, H, W)``: each position attends to the ``H + W - 1`` positions of its
+    row and column. ``y = gamma * attention + x`` with ``gamma`` starting at 0, so a fresh module is the identity."""
+
+    def __init__(self, in_channels: int):
+        super().__init__(in_channels, nn.Conv2d)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The aggregated values alone (before the gamma-weighted residual)."""
+        _check_input(x, 4, self.in_channels, type(self).__name__)
+        H, W = x.shape[-2:]
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        # column energies [B, H, W, H'] (self masked: it is counted in the row), row energies [B, H, W, W']
+        e_col = _masked_self(torch.einsum("bchw,bckw->bhwk", q, k), H, 1)
+        e_row = torch.einsum("bchw,bchk->bhwk", q, k)
+        att = torch.softmax(torch.cat([e_col, e_row], dim=-1), dim=-1)
+        a_col, a_row = att.split([H, W], dim=-1)
+        return torch.einsum("bhwk,bckw->bchw", a_col, v) + torch.einsum("bhwk,bchk->bchw", a_row, v)
+
+
+class CrissCrossAttention3D(_CrissCrossBase):
+    """Criss-cross attention on ``(B, C, T, H, W)``: the ``T + H + W - 2`` positions on a position's t-, h- and
+    w-lines, one softmax, no scaling, ``y = gamma * attention + x`` with ``gamma`` starting at 0."""
+
+    def __init__(self, in_channels: int):
+        super().__init__(in_channels, nn.Conv3d)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, 5, self.in_channels, type(self).__name__)
+        T, H, W = x.shape[-3:]
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        e_t = _masked_self(torch.einsum("bcthw,bckhw->bthwk", q, k), T, 1)
+        e_h = _masked_self(torch.einsum("bcthw,bctkw->bthwk", q, k), H, 2)
+        e_w = torch.einsum("bcthw,bcthk->bthwk", q, k)
+        att = torch.softmax(torch.cat([e_t, e_h, e_w], dim=-1), dim=-1)
+        a_t, a_h, a_w = att.split([T, H, W], dim=-1)
+        return (
+            torch.einsum("bthwk,bckhw->bcthw", a_t, v)
+            + torch.einsum("bthwk,bctkw->bcthw", a_h, v)
+            + torch.einsum("bthwk,bcthk->bcthw", a_w, v)
+        )
+
+
+class RecurrentCrissCrossAttention(nn.Module):
+    """One criss-cross module applied ``recurrence`` times with shared weights. With 2 loops every position
+    reaches every other (row then column, or column then row). ``volumetric=True`` works on ``(B, C, T, H, W)``
+    (3 loops are needed there for full reach)."""
+
+    def __init__(self, in_channels: int, recurrence: int = 2, *, volumetric: bool = False):
+        super().__init__()
+        if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
+            raise ValueError(f"recurrence must be a positive integer, got {recurrence!r}")
+        self.recurrence = recurrence
+        self.cca = CrissCrossAttention3D(in_channels) if volumetric else CrissCrossAttention(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.recurrence):
+            x = self.cca(x)
+        return x
+
+
+def _projection_macs(positions: int, channels: int, qk_channels: int) -> int:
+    return positions * channels * (2 * qk_channels + channels)
+
+
+def crisscross_flops(height: int, width: int, channels: int, qk_channels: int | None = None,
+                     recurrence: int = 2, frames: int | None = None) -> int:
+    """FLOPs of `RecurrentCrissCrossAttention` as implemented (see the module docstring for what counts)."""
+    qk = max(1, channels // 8) if qk_channels is None else qk_channels
+    lines = height + width + (frames or 0)
+    positions = height * width * (frames or 1)
+    per_loop = _projection_macs(positions, channels, qk) + positions * lines * (qk + channels)
+    return 2 * recurrence * per_loop
+
+
+def non_local_flops(height: int, width: int, channels: int, qk_channels: int | None = None) -> int:
+    """FLOPs of a non-local block with the same projections (every position attends to every position)."""
+    qk = max(1, channels // 8) if qk_channels is None else qk_channels
+    positions = height * width
+    return 2 * (_projection_macs(positions, channels, qk) + positions * positions * (qk + channels))
