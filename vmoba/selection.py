@@ -28,6 +28,7 @@ import torch
 from .config import VMoBAConfig
 from .kernels.block_pool import pool_segments_reference, pool_segments_triton
 from .kernels.block_select import MAX_TRITON_BLOCKS, select_query_head_triton, threshold_select, topk_select
+from ._parallel import parallel_map
 from .partition import BlockPartition, TileLayout
 
 
@@ -133,17 +134,23 @@ def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R,
 
     if group == "query_head":
         mask = torch.empty(B, H, R, nb, dtype=torch.bool, device=device)
-        step = _row_budget(config, scheme, B, H, R, nb)
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+        # chunks in flight at once share the memory budget; at least one chunk per worker
+        step = max(1, min(_row_budget(config, scheme, B, H, R, nb) // workers, -(-R // workers)))
         hint = int(config.threshold * nb) + 2  # evenly spread mass would need this many blocks
-        for r0 in range(0, R, step):
+
+        def rows(r0):
             r1 = min(R, r0 + step)
             s = _gate_rows(rows_of, kbar, r0, r1).reshape(-1, nb)
             own = own_block[r0:r1].view(1, 1, -1).expand(B, H, -1).reshape(-1)  # one own block per row
             if topk:
                 sel = topk_select(s, own, torch.full((s.shape[0],), k_sel, device=device))
             else:
-                sel, hint = threshold_select(s, own, config.threshold, hint)
+                sel, _ = threshold_select(s, own, config.threshold, hint)
             mask[:, :, r0:r1] = sel.view(B, H, r1 - r0, nb)
+
+        starts = list(range(0, R, step))
+        parallel_map(lambda i: rows(starts[i]), len(starts), device)
         return mask
 
     # global groups need every score of the group at once

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .._parallel import parallel_map
 from ..selection import BlockSelection
 
 # PyTorch's fused CPU flash-attention kernel returns the log-sum-exp the merge needs, but not as a
@@ -61,13 +62,14 @@ def block_sparse_attention_torch(
         x is not None and x.requires_grad for x in (q, k, v, text_k, text_v))
     flash = not differentiable and _FLASH_CPU is not None and q.device.type == "cpu"
     kb = blocked(k) if flash else blocked(k).transpose(1, 2).contiguous()  # [B*H, S, D] or [B*H, D, S]
-    outs, lses = [], []
-    for bh in range(B * H):
+
+    def one_head(bh):
         text = None if tk is None else ((tk[bh], tv[bh]) if flash else (tk[bh].t().contiguous(), tv[bh]))
-        o, lse = _attend_one_head(qb[bh], kb[bh], vb[bh], text, chosen[bh], offsets, memory_budget_mb << 20,
-                                  differentiable, flash)
-        outs.append(o)
-        lses.append(lse)
+        return _attend_one_head(qb[bh], kb[bh], vb[bh], text, chosen[bh], offsets, memory_budget_mb << 20,
+                                differentiable, flash)
+
+    results = parallel_map(one_head, B * H, q.device)
+    outs, lses = zip(*results)
     return _original_order(torch.stack(outs), torch.stack(lses), part, B, H, S, D, q.dtype)
 
 
