@@ -2,5 +2,6 @@
 
 from .clip import as_clip, to_grey
 from .energy import MotionEnergy
+from .flow import FlowIntegrator, MotionFlowNet, estimate_flow, load_flow_model
 
-__all__ = ["MotionEnergy", "as_clip", "to_grey"]
+__all__ = ["FlowIntegrator", "MotionEnergy", "MotionFlowNet", "as_clip", "estimate_flow", "load_flow_model", "to_grey"]
