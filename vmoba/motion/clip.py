@@ -49,7 +49,9 @@ def as_clip(frames: Any, *, min_frames: int = 1, min_size: int = 1, name: str = 
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(frames).__name__}")
     if not torch.is_floating_point(frames):
         hint = " (for uint8 video use frames.float() / 255)" if frames.dtype == torch.uint8 else ""
-        raise TypeError(f"{name} must be a floating-point tensor of intensities in [0, 1], got dtype {frames.dtype}{hint}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor of intensities in [0, 1], got dtype {frames.dtype}{hint}"
+        )
 
     shape = tuple(frames.shape)
     if frames.dim() == 3:

@@ -290,19 +290,31 @@ class MotionEnergy(nn.Module):
         x = F.pad(frames.reshape(b * t, 1, h, w), (half, half, half, half), mode="replicate")
         x = F.conv2d(x, x_w.to(x.dtype))
         x = F.conv2d(x, y_w.to(x.dtype), groups=k)
-        x = x.reshape(b, t, k, 2, h, w).permute(2, 3, 1, 0, 4, 5).reshape(k, 2 * t, b * h * w)
-        parts = torch.bmm(self.temporal_operator(t).to(x.dtype), x)
-        parts = parts.reshape(k, 2, 2, -1, b, h, w)  # (unit, direction, re/im, time, ...)
-        energy = parts.square().sum(dim=2) + self.bounded("energy_constant").to(x.dtype)
-        return energy.permute(3, 0, 1, 2, 4, 5).reshape(b, 2 * k, -1, h, w)
+        x = x.reshape(b, t, k, 2, h, w).permute(2, 3, 1, 0, 4, 5)  # (unit, even/odd, time, b, h, w)
+        L = self.temporal_length
+        t_out = t - L + 1
+        # The banded operator multiplies zeros outside its band; blocks of 2L outputs keep that waste small.
+        block = 2 * L
+        operators: dict[int, torch.Tensor] = {}
+        energies = []
+        for start in range(0, t_out, block):
+            n = min(block, t_out - start)
+            if n not in operators:
+                operators[n] = self.temporal_operator(n + L - 1).to(x.dtype)
+            window = x[:, :, start : start + n + L - 1].reshape(k, 2 * (n + L - 1), b * h * w)
+            parts = torch.bmm(operators[n], window).reshape(k, 2, 2, n, b, h, w)  # (unit, direction, re/im, ...)
+            energies.append(parts.square().sum(dim=2))
+        energy = torch.cat(energies, dim=2) + self.bounded("energy_constant").to(x.dtype)
+        return energy.permute(3, 0, 1, 2, 4, 5).reshape(b, 2 * k, t_out, h, w)
 
     def forward(self, frames: Any, *, temporal_bins: int | None = None, normalize: bool = True) -> torch.Tensor:
         """Motion energy of a clip (layouts in `vmoba.motion.clip`).
 
         Returns ``(C, h, w)`` for one clip or ``(B, C, h, w)`` for a batch, averaged over time; with
         ``temporal_bins=n``, ``(..., C, n, h, w)``: the time axis of the filter outputs split into ``n`` equal
-        bins, each averaged (with more bins than outputs, bins repeat the output they fall in). Normalised energies are of order ``1 / C`` (the channels at one place share about
-        one unit); ``normalize=False`` returns the raw pooled energies instead.
+        bins, each averaged (with more bins than outputs, bins repeat the output they fall in). Normalised
+        energies are of order ``1 / C`` (the channels at one place share about one unit); ``normalize=False``
+        returns the raw pooled energies instead.
         """
         clip, batched = as_clip(frames, min_frames=self.min_frames, min_size=self.min_size)
         clip = clip.to(self.raw_orientation.device)
