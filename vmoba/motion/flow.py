@@ -81,7 +81,11 @@ class IntegrationStep(nn.Module):
         # flow: a vote of the tokens it trusts, which the update can compare with its own estimate.
         flow_tokens = scaled.flatten(2).transpose(1, 2).unsqueeze(1).expand(b, self.heads, -1, -1)
         values = torch.cat([heads(v, False), flow_tokens], dim=-1)
-        attended = F.scaled_dot_product_attention(heads(q, True), heads(k, True), values)  # (B, heads, S, d/h + 2)
+        # Two zero channels on queries and keys leave the scores unchanged but give all three the same width,
+        # which lets PyTorch pick its memory-efficient kernel instead of materialising S x S scores.
+        qh, kh = (F.pad(heads(x, True), (0, 2)) for x in (q, k))
+        scale = (d // self.heads) ** -0.5
+        attended = F.scaled_dot_product_attention(qh, kh, values, scale=scale)  # (B, heads, S, d/h + 2)
         message = attended[..., :-2].transpose(1, 2).reshape(b, h, w, d).permute(0, 3, 1, 2)
         votes = attended[..., -2:].permute(0, 1, 3, 2).reshape(b, 2 * self.heads, h, w)
         message = self.out(message)
