@@ -90,7 +90,8 @@ class IntegrationStep(nn.Module):
         votes = attended[..., -2:].permute(0, 1, 3, 2).reshape(b, 2 * self.heads, h, w)
         message = self.out(message)
 
-        x = torch.cat([features, message, self.norm(state), scaled, votes - scaled.repeat(1, self.heads, 1, 1)], dim=1)
+        disagreement = votes - scaled.repeat(1, self.heads, 1, 1)
+        x = torch.cat([features, message, self.norm(state), scaled, disagreement], dim=1)
         z, r = torch.sigmoid(self.gates(torch.cat([state, x], dim=1))).chunk(2, dim=1)
         cand = torch.tanh(self.candidate(torch.cat([r * state, x], dim=1)))
         state = (1 - z) * state + z * cand
@@ -110,8 +111,8 @@ class FlowIntegrator(nn.Module):
             nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(),
             nn.Conv2d(dim, dim, 3, padding=1),
         )
-        # Appearance of the middle frame only shapes the upsampling (motion boundaries follow image edges);
-        # the motion itself comes from energy alone.
+        # Appearance of the middle frame enters the initial state and the upsampling weights, because motion
+        # boundaries tend to follow image edges; a single frame carries no motion, so that comes from energy.
         layers: list[nn.Module] = []
         c_in = 1
         for _ in range(int(math.log2(stride))):
