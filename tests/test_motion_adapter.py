@@ -1,0 +1,149 @@
+import math
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from vmoba.motion import MotionEnergy, MotionEnergyAdapter
+from vmoba.motion.synthetic import grating_clip
+
+# The tiny shapes diffusers' own Wan tests use: two heads of 12, two layers.
+TINY_WAN = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+    text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+)
+
+
+@pytest.fixture
+def wan():
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**TINY_WAN).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(
+        hidden_states=torch.randn(2, 4, 3, 16, 16, generator=g),
+        timestep=torch.tensor([10, 500]),
+        encoder_hidden_states=torch.randn(2, 12, 16, generator=g),
+    )
+    return model, inputs
+
+
+def reference(direction, n=9):
+    frames, _ = grating_clip((64, 64), n, direction, 1.0, frequency=0.15, contrast=0.8)
+    return frames
+
+
+def small_adapter(model):
+    return MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3), hidden=16)
+
+
+def test_untrained_adapter_changes_nothing(wan):
+    model, inputs = wan
+    with torch.no_grad():
+        before = model(**inputs).sample
+        adapter = small_adapter(model)
+        with adapter.attached(model, reference(0.0)):
+            assert adapter.is_attached
+            during = model(**inputs).sample
+        after = model(**inputs).sample
+    assert torch.equal(before, during)
+    assert torch.equal(before, after)
+    assert not adapter.is_attached and not model.patch_embedding._forward_hooks
+
+
+def test_conditioning_reaches_the_output_and_depends_on_the_motion(wan):
+    model, inputs = wan
+    adapter = small_adapter(model)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.05)
+    with torch.no_grad():
+        before = model(**inputs).sample
+        adapter.attach(model)
+        adapter.set_reference(reference(0.0))
+        right = model(**inputs).sample
+        adapter.set_reference(reference(math.pi))
+        left = model(**inputs).sample
+        adapter.detach()
+    assert not torch.allclose(before, right, atol=1e-4)
+    assert not torch.allclose(right, left, atol=1e-4)
+    # a condition of zero strength is the bare model again
+    adapter.scale = 0.0
+    with torch.no_grad(), adapter.attached(model, reference(0.0)):
+        assert torch.equal(model(**inputs).sample, before)
+
+
+def test_condition_follows_the_token_grid_and_batch(wan):
+    model, inputs = wan
+    adapter = small_adapter(model)
+    adapter.set_reference(torch.stack([reference(0.0), reference(1.0)]))
+    cond = adapter.condition((3, 8, 8))
+    assert cond.shape == (2, model.config.num_attention_heads * model.config.attention_head_dim, 3, 8, 8)
+    e = adapter.energy_features((3, 8, 8))
+    assert e.shape == (2, adapter.energy.num_channels, 3, 8, 8)
+    # one reference clip serves a whole batch (and the doubled batch of classifier-free guidance)
+    adapter.set_reference(reference(0.0))
+    out = adapter(torch.zeros(4, adapter.inner_dim, 3, 8, 8))
+    assert torch.equal(out[0], out[3])
+
+
+def test_adapter_trains_while_the_transformer_stays_frozen(wan):
+    model, inputs = wan
+    model.requires_grad_(False)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    # the target is what a randomly initialised adapter of the same shape produces: reachable by training
+    teacher = small_adapter(model)
+    torch.nn.init.normal_(teacher.proj.weight, std=0.1)
+    with torch.no_grad(), teacher.attached(model, reference(0.5)):
+        target = model(**inputs).sample
+    adapter = small_adapter(model)
+    optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=1e-2)
+    assert all(p.requires_grad for p in adapter.trainable_parameters())
+    assert not any(p.requires_grad for p in adapter.energy.parameters())
+    losses = []
+    with adapter.attached(model, reference(0.5)):
+        for _ in range(15):
+            loss = torch.nn.functional.mse_loss(model(**inputs).sample, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items())
+    assert float(adapter.proj.weight.detach().abs().max()) > 0
+
+
+def test_save_and_load_round_trip(wan, tmp_path):
+    model, inputs = wan
+    adapter = small_adapter(model)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.05)
+    adapter.save_pretrained(tmp_path / "adapter.safetensors")
+    loaded = MotionEnergyAdapter.from_pretrained(tmp_path / "adapter.safetensors")
+    with torch.no_grad():
+        outs = []
+        for a in (adapter, loaded):
+            with a.attached(model, reference(0.0)):
+                outs.append(model(**inputs).sample)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_clear_errors(wan):
+    model, inputs = wan
+    adapter = small_adapter(model)
+    with pytest.raises(TypeError, match="patch_embedding"):
+        adapter.attach(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        MotionEnergyAdapter(7, energy=MotionEnergy(num_orientations=2, num_scales=2)).attach(model)
+    adapter.attach(model)
+    with pytest.raises(RuntimeError, match="already attached"):
+        adapter.attach(model)
+    with pytest.raises(RuntimeError, match="set_reference"):
+        model(**inputs)
+    with pytest.raises(ValueError, match="5 frames but at least 7"):
+        adapter.set_reference(torch.rand(5, 3, 64, 64))
+    with pytest.raises(TypeError, match="uint8"):
+        adapter.set_reference(torch.zeros(9, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="non-finite"):
+        adapter.set_reference(torch.full((9, 64, 64), float("nan")))
+    adapter.set_reference(torch.rand(3, 9, 64, 64))
+    with pytest.raises(ValueError, match="does not divide"):
+        model(**inputs)
+    adapter.detach()

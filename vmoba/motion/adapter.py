@@ -1,0 +1,208 @@
+"""`MotionEnergyAdapter`: condition a Wan-family diffusers transformer on the motion energy of a reference clip.
+
+The adapter adds ``proj(encode(energy))`` to the output of the transformer's ``patch_embedding`` (the video
+tokens before the first block). ``proj`` starts at exactly zero, so attaching an untrained adapter leaves
+every output bit-identical; training moves it away from zero only as far as the loss asks.
+
+It is a plain ``nn.Module`` that hooks into the transformer rather than wrapping it, so pipelines, attention
+processors and checkpoint loading of the transformer are untouched::
+
+    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer)
+    adapter.attach(pipe.transformer)          # or: with adapter.attached(pipe.transformer): ...
+    adapter.set_reference(reference_frames)   # (T, 3, H, W) or (B, T, 3, H, W) in [0, 1]
+    video = pipe(prompt, ...).frames
+    adapter.detach()
+
+Fine-tuning: optimise ``adapter.trainable_parameters()`` (the transformer can stay frozen), call
+``set_reference`` with each batch's reference clips before the transformer's forward, and save with
+``save_pretrained``. The energy filters are frozen unless ``train_energy=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .clip import as_clip
+from .energy import MotionEnergy
+
+
+class MotionEnergyAdapter(nn.Module):
+    """Motion-energy conditioning added to a video transformer's patch embeddings.
+
+    Args:
+        inner_dim: width of the transformer's patch embeddings (``num_attention_heads * attention_head_dim``).
+        energy: the `MotionEnergy` front end; ``None`` builds the default bank. Pass
+            ``vmoba.motion.load_flow_model().energy`` to use the filters trained for flow.
+        hidden: channels of the small encoder between energy and projection.
+        train_energy: also train the energy filters (otherwise they are frozen and their output is cached
+            per reference clip and token grid).
+        scale: multiplies the conditioning (0 turns it off without detaching).
+    """
+
+    def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
+                 train_energy: bool = False, scale: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(inner_dim, bool) or not isinstance(inner_dim, int) or inner_dim < 1:
+            raise ValueError(f"inner_dim must be a positive integer, got {inner_dim!r}")
+        self.energy = energy if energy is not None else MotionEnergy()
+        self.energy.requires_grad_(train_energy)
+        self.train_energy = train_energy
+        self.inner_dim = inner_dim
+        self.hidden = hidden
+        self.scale = float(scale)
+        c = self.energy.num_channels
+        self.encoder = nn.Sequential(
+            nn.Conv3d(c, hidden, 1), nn.SiLU(),
+            nn.Conv3d(hidden, hidden, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
+        )
+        self.proj = nn.Conv3d(hidden, inner_dim, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self._reference: torch.Tensor | None = None
+        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._handle: Any = None
+        self._target: nn.Module | None = None
+
+    @classmethod
+    def for_transformer(cls, transformer: nn.Module, **kwargs: Any) -> "MotionEnergyAdapter":
+        """An adapter sized for ``transformer`` (reads the width of its ``patch_embedding``)."""
+        return cls(_patch_embedding(transformer).out_channels, **kwargs)
+
+    # ---- reference clip -----------------------------------------------------------------------------------
+
+    def set_reference(self, frames: Any) -> None:
+        """The clip whose motion conditions the following forward passes (layouts of `vmoba.motion.clip`)."""
+        clip, _ = as_clip(frames, min_frames=self.energy.min_frames, min_size=self.energy.min_size,
+                          name="reference frames")
+        self._reference = clip
+        self._cache.clear()
+
+    def clear_reference(self) -> None:
+        self._reference = None
+        self._cache.clear()
+
+    def energy_features(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Normalised energy of the reference clip on the token grid ``(T', H', W')``: ``(B, C, T', H', W')``.
+
+        Time is split into ``T'`` equal bins (one per latent frame); space is averaged over each token's patch.
+        """
+        if self._reference is None:
+            raise RuntimeError("MotionEnergyAdapter has no reference clip: call set_reference(frames) first")
+        if grid in self._cache:
+            return self._cache[grid]
+        clip = self._reference.to(self.energy.raw_orientation.device)
+        with torch.set_grad_enabled(self.train_energy and torch.is_grad_enabled()):
+            e = self.energy(clip[:, :, None].expand(-1, -1, 1, -1, -1), temporal_bins=grid[0])
+            e = F.adaptive_avg_pool3d(e, grid)
+        if not self.train_energy:
+            self._cache[grid] = e
+        return e
+
+    def condition(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """What is added to the patch embeddings: ``(B, inner_dim, T', H', W')``."""
+        e = self.energy_features(grid)
+        feats = torch.log(e * e.shape[1] + 1e-2)
+        return self.scale * self.proj(self.encoder(feats))
+
+    def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
+        """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch."""
+        if patch_embeddings.dim() != 5 or patch_embeddings.shape[1] != self.inner_dim:
+            raise ValueError(
+                f"expected patch embeddings (B, {self.inner_dim}, T', H', W'), got {tuple(patch_embeddings.shape)}"
+            )
+        b = patch_embeddings.shape[0]
+        cond = self.condition(tuple(patch_embeddings.shape[2:]))
+        if cond.shape[0] != b:
+            if b % cond.shape[0]:
+                raise ValueError(
+                    f"reference batch {cond.shape[0]} does not divide the transformer batch {b}; pass one "
+                    f"reference clip or one per sample"
+                )
+            # classifier-free guidance batches repeat the samples: [uncond..., cond...]
+            cond = cond.repeat(b // cond.shape[0], 1, 1, 1, 1)
+        return patch_embeddings + cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
+
+    # ---- attaching ----------------------------------------------------------------------------------------
+
+    def attach(self, transformer: nn.Module) -> "MotionEnergyAdapter":
+        """Hook into ``transformer.patch_embedding``; its output then goes through `forward`."""
+        if self._handle is not None:
+            raise RuntimeError("MotionEnergyAdapter is already attached; call detach() first")
+        embedding = _patch_embedding(transformer)
+        if embedding.out_channels != self.inner_dim:
+            raise ValueError(
+                f"adapter inner_dim {self.inner_dim} does not match the transformer's patch embedding width "
+                f"{embedding.out_channels}"
+            )
+        self._handle = embedding.register_forward_hook(lambda module, args, output: self(output))
+        self._target = transformer
+        return self
+
+    def detach(self) -> None:
+        """Remove the hook; the transformer is exactly as before `attach`."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._target = None
+
+    @property
+    def is_attached(self) -> bool:
+        return self._handle is not None
+
+    @contextlib.contextmanager
+    def attached(self, transformer: nn.Module, reference: Any = None) -> Iterator["MotionEnergyAdapter"]:
+        self.attach(transformer)
+        try:
+            if reference is not None:
+                self.set_reference(reference)
+            yield self
+        finally:
+            self.detach()
+
+    # ---- training and saving ------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def config(self) -> dict[str, Any]:
+        return {"inner_dim": self.inner_dim, "hidden": self.hidden, "train_energy": self.train_energy,
+                "scale": self.scale, "energy": self.energy.config}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={"config": json.dumps(self.config())})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MotionEnergyAdapter":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise ValueError(f"{path} was not written by MotionEnergyAdapter.save_pretrained (no 'config')")
+        config = json.loads(meta["config"])
+        adapter = cls(config["inner_dim"], energy=MotionEnergy(**config["energy"]), hidden=config["hidden"],
+                      train_energy=config["train_energy"], scale=config["scale"])
+        adapter.load_state_dict(load_file(str(path)))
+        return adapter
+
+
+def _patch_embedding(transformer: nn.Module) -> nn.Conv3d:
+    embedding = getattr(transformer, "patch_embedding", None)
+    if not isinstance(embedding, nn.Conv3d):
+        raise TypeError(
+            f"{type(transformer).__name__} has no Conv3d `patch_embedding`; MotionEnergyAdapter conditions "
+            "Wan-family transformers (diffusers.WanTransformer3DModel and relatives)"
+        )
+    return embedding
