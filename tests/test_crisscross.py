@@ -154,3 +154,72 @@ def test_errors_and_exports():
     assert vmoba.CrissCrossAttention is CrissCrossAttention
     assert vmoba.CrissCrossAttention3D is CrissCrossAttention3D
     assert vmoba.RecurrentCrissCrossAttention is RecurrentCrissCrossAttention
+
+
+# -- token-level criss-cross attention and its processor -------------------------------------------------
+
+
+def _line_mask(grid, text_len, text_first):
+    """[S, S] float64-reference mask: same (t, h), same (t, w) or same (h, w), plus every text token."""
+    T, H, W = grid
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    t, h, w = t.flatten(), h.flatten(), w.flatten()
+    video = (((t[:, None] == t) & (h[:, None] == h)) | ((t[:, None] == t) & (w[:, None] == w))
+             | ((h[:, None] == h) & (w[:, None] == w)))
+    Sv = T * H * W
+    S = Sv + text_len
+    mask = torch.ones(S, S, dtype=torch.bool)
+    vs = slice(text_len, S) if text_first else slice(0, Sv)
+    mask[vs, vs] = video
+    return mask
+
+
+@pytest.mark.parametrize("grid", [(3, 4, 5), (1, 3, 3), (4, 1, 2)])
+@pytest.mark.parametrize("text_len, text_first", [(0, True), (3, True), (3, False)])
+def test_token_criss_cross_matches_dense_masked_attention(grid, text_len, text_first):
+    from vmoba import criss_cross_attention
+
+    torch.manual_seed(0)
+    S = grid[0] * grid[1] * grid[2] + text_len
+    q, k, v = (torch.randn(2, S, 3, 8, dtype=torch.float64) for _ in range(3))
+    out = criss_cross_attention(q, k, v, grid, text_len=text_len, text_first=text_first)
+    mask = _line_mask(grid, text_len, text_first)
+    logits = torch.einsum("bihd,bjhd->bhij", q, k) / 8**0.5
+    ref = torch.einsum("bhij,bjhd->bihd", logits.masked_fill(~mask, float("-inf")).softmax(-1), v)
+    torch.testing.assert_close(out, ref)
+    # each video query sees T + H + W - 2 video keys
+    assert int(mask[text_len if text_first else 0].sum()) == sum(grid) - 2 + text_len
+
+
+def test_token_criss_cross_errors():
+    from vmoba import criss_cross_attention
+
+    q = torch.randn(1, 24, 2, 4)
+    with pytest.raises(ValueError, match="grid"):
+        criss_cross_attention(q, q, q, (2, 3, 5))
+    with pytest.raises(ValueError, match="text_len"):
+        criss_cross_attention(q, q, q, (2, 3, 4), text_len=30)
+
+
+def test_criss_cross_processor_in_a_wan_transformer():
+    diffusers = pytest.importorskip("diffusers")
+    import vmoba
+
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                            in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32,
+                                            num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                            rope_max_seq_len=32).double()
+    inputs = dict(hidden_states=torch.randn(1, 4, 3, 8, 12, dtype=torch.float64), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 7, 16, dtype=torch.float64), return_dict=False)
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+        procs = vmoba.enable(model, processor=vmoba.CrissCrossAttnProcessor)
+        out = model(**inputs)[0]
+    proc = procs["transformer"]
+    assert isinstance(proc, vmoba.CrissCrossAttnProcessor) and sorted(proc.last_stats) == [0, 1]
+    assert proc.last_stats[0].density == pytest.approx((3 + 4 + 6 - 2) / 72)
+    assert torch.isfinite(out).all() and (out - reference).abs().max() > 1e-6
+    vmoba.disable(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs)[0], reference)

@@ -2,9 +2,9 @@
 
 from .attention import AttentionStats, dense_attention, select_blocks, vmoba_attention
 from .config import VMoBAConfig
-from .crisscross import CrissCrossAttention, CrissCrossAttention3D, RecurrentCrissCrossAttention
+from .crisscross import CrissCrossAttention, CrissCrossAttention3D, RecurrentCrissCrossAttention, criss_cross_attention
 from .partition import BlockPartition, get_partition, partition_blocks
-from .processors import VMoBAProcessor, disable, enable
+from .processors import CrissCrossAttnProcessor, VMoBAProcessor, disable, enable
 from .selection import BlockSelection, compute_selection
 
 __version__ = "0.1.0"
@@ -15,10 +15,12 @@ __all__ = [
     "BlockSelection",
     "CrissCrossAttention",
     "CrissCrossAttention3D",
+    "CrissCrossAttnProcessor",
     "RecurrentCrissCrossAttention",
     "VMoBAConfig",
     "VMoBAProcessor",
     "compute_selection",
+    "criss_cross_attention",
     "dense_attention",
     "disable",
     "enable",

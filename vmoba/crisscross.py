@@ -139,3 +139,71 @@ def non_local_flops(height: int, width: int, channels: int, qk_channels: int | N
     qk = max(1, channels // 8) if qk_channels is None else qk_channels
     positions = height * width
     return 2 * (_projection_macs(positions, channels, qk) + positions * positions * (qk + channels))
+
+
+def criss_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid,
+    *,
+    scale: float | None = None,
+    text_len: int = 0,
+    text_first: bool = True,
+    text_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token-level criss-cross attention for transformers: ``(B, S, H, D)`` in and out.
+
+    Per head, each video query attends, with one softmax at ``scale`` (``1/sqrt(D)`` by default), to the video
+    tokens on its t-, h- and w-lines (``T + H + W - 2`` of them, itself once) and to every text token; text
+    queries attend densely. Video tokens come frame-major over ``grid = (T, H, W)``; ``text_len`` text tokens
+    sit first or last; ``text_mask`` ``[B, text_len]`` marks valid text keys. Memory is
+    ``S x (T + H + W + text_len)``, never ``S x S``.
+    """
+    import math
+
+    from .attention import _split_text, check_qkv, dense_attention
+    from .partition import validate_grid
+
+    check_qkv(q, k, v)
+    B, S, Hn, D = q.shape
+    T, H, W = validate_grid(grid)
+    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
+        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    if T * H * W != S - text_len:
+        raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    qt, qv = _split_text(q, text_len, text_first) if text_len else (None, q)
+    kt, kv = _split_text(k, text_len, text_first) if text_len else (None, k)
+    vt, vv = _split_text(v, text_len, text_first) if text_len else (None, v)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+
+    def lines(x):  # (B, S, Hn, D) -> (B, Hn, T, H, W, D)
+        return x.view(B, T, H, W, Hn, D).permute(0, 4, 1, 2, 3, 5).to(acc)
+
+    qg, kg, vg = lines(qv * scale), lines(kv), lines(vv)
+    e_t = _masked_self(torch.einsum("bnthwd,bnkhwd->bnthwk", qg, kg), T, 2)
+    e_h = _masked_self(torch.einsum("bnthwd,bntkwd->bnthwk", qg, kg), H, 3)
+    e_w = torch.einsum("bnthwd,bnthkd->bnthwk", qg, kg)
+    energies = [e_t, e_h, e_w]
+    if text_len:
+        ktn, vtn = kt.transpose(1, 2).to(acc), vt.transpose(1, 2).to(acc)  # (B, Hn, L, D)
+        e_text = torch.einsum("bnthwd,bnld->bnthwl", qg, ktn)
+        if text_mask is not None:
+            e_text = e_text.masked_fill(~text_mask.view(B, 1, 1, 1, 1, text_len), float("-inf"))
+        energies.append(e_text)
+    att = torch.softmax(torch.cat(energies, dim=-1), dim=-1)
+    a_t, a_h, a_w, *a_text = att.split([T, H, W] + ([text_len] if text_len else []), dim=-1)
+    out = (torch.einsum("bnthwk,bnkhwd->bnthwd", a_t, vg) + torch.einsum("bnthwk,bntkwd->bnthwd", a_h, vg)
+           + torch.einsum("bnthwk,bnthkd->bnthwd", a_w, vg))
+    if text_len:
+        out = out + torch.einsum("bnthwl,bnld->bnthwd", a_text[0], vtn)
+    out = out.permute(0, 2, 3, 4, 1, 5).reshape(B, S - text_len, Hn, D).to(q.dtype)
+    if not text_len:
+        return out
+    mask = None
+    if text_mask is not None:
+        mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=q.device)
+        mask[:, 0, 0, slice(0, text_len) if text_first else slice(S - text_len, S)] = text_mask
+    out_t = dense_attention(qt, k, v, scale, mask)
+    return torch.cat([out_t, out] if text_first else [out, out_t], dim=1)

@@ -1,6 +1,7 @@
-"""Drop-in diffusers attention processors: `VMoBAProcessor`, and `enable` / `disable` for whole pipelines."""
+"""Drop-in diffusers attention processors (`VMoBAProcessor`, `CrissCrossAttnProcessor`), and `enable` /
+`disable` for whole pipelines."""
 
 from .patching import disable, enable
-from .processor import VMoBAProcessor
+from .processor import CrissCrossAttnProcessor, VMoBAProcessor
 
-__all__ = ["VMoBAProcessor", "disable", "enable"]
+__all__ = ["CrissCrossAttnProcessor", "VMoBAProcessor", "disable", "enable"]

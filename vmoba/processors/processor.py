@@ -88,7 +88,8 @@ class VMoBAProcessor:
         return type(self)(self.config, grid=self.grid, family=self.family)
 
     def __repr__(self) -> str:
-        return f"VMoBAProcessor(config={self.config!r}, family={self.family!r})"
+        return f"{type(self).__name__}(config={self.config!r}, family={self.family!r})"
+
 
     # -- the diffusers processor interface ----------------------------------------------------------
 
@@ -114,12 +115,17 @@ class VMoBAProcessor:
         grid = self._grid(adapter, attn, hidden_states, encoder_hidden_states, rotary)
 
         def attend(q, k, v, *, text_len=0, text_first=True, text_mask=None):
-            out, stats = vmoba_attention(q, k, v, grid, layer, self.config, text_len=text_len, text_first=text_first,
-                                         text_mask=text_mask, return_stats=True)
+            out, stats = self.attention(q, k, v, grid, layer, text_len=text_len, text_first=text_first,
+                                        text_mask=text_mask)
             self._record(layer, stats)
             return out
 
         return adapter(attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend)
+
+    def attention(self, q, k, v, grid, layer, *, text_len, text_first, text_mask) -> tuple[torch.Tensor, AttentionStats]:
+        """The one seam: the attention of a video self-attention layer, ``(B, S, H, D)`` in and out."""
+        return vmoba_attention(q, k, v, grid, layer, self.config, text_len=text_len, text_first=text_first,
+                               text_mask=text_mask, return_stats=True)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -135,8 +141,9 @@ class VMoBAProcessor:
             return f"layer {layer} is in dense_layers"
         if n_video < cfg.min_tokens:
             return f"{n_video} video tokens < min_tokens={cfg.min_tokens}"
-        if cfg.is_dense():
-            return "threshold=1.0 keeps every block"
+        reason = self._dense_by_config()
+        if reason is not None:
+            return reason
         if cfg.dense_steps:
             step = None if self.context is None else self.context.step
             if step is None:
@@ -146,6 +153,9 @@ class VMoBAProcessor:
             if step < cfg.dense_steps:
                 return f"step {step} < dense_steps={cfg.dense_steps}"
         return None
+
+    def _dense_by_config(self) -> str | None:
+        return "threshold=1.0 keeps every block" if self.config.is_dense() else None
 
     def _dense_stats(self, layer: int, reason: str) -> AttentionStats:
         scheme = self.config.scheme_for_layer(layer)
@@ -178,3 +188,23 @@ class VMoBAProcessor:
             raise ValueError(f"latent grid {grid} from {source} holds {math.prod(grid)} tokens but the attention layer "
                              f"has {n_video} video tokens")
         return grid
+
+
+class CrissCrossAttnProcessor(VMoBAProcessor):
+    """Diffusers attention processor running token-level criss-cross attention (`criss_cross_attention`) for
+    video self-attention: each query sees the tokens on its t-, h- and w-lines plus all text tokens.
+
+    Same families, grid discovery, dense fallbacks (``config.dense_layers``, ``dense_steps``, ``min_tokens``)
+    and statistics as `VMoBAProcessor`; the partition and selection fields of ``config`` are not used.
+    ``vmoba.enable(pipe, config, processor=CrissCrossAttnProcessor)`` installs it in a whole pipeline."""
+
+    def _dense_by_config(self) -> str | None:
+        return None  # threshold and the other selection fields mean nothing for criss-cross attention
+
+    def attention(self, q, k, v, grid, layer, *, text_len, text_first, text_mask):
+        from ..crisscross import criss_cross_attention
+
+        out = criss_cross_attention(q, k, v, grid, text_len=text_len, text_first=text_first, text_mask=text_mask)
+        T, H, W = grid
+        stats = AttentionStats("crisscross", 0, "token", "torch", (T + H + W - 2) / (T * H * W))
+        return out, stats
