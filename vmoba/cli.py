@@ -157,6 +157,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune in this process; ``accelerate launch -m vmoba.train`` runs the same on several."""
+    from .train import run_config
+
+    return run_config(args.config, prog="vmoba train")
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    """Write the synthetic moving-shapes video-caption dataset."""
+    from .training.shapes import write_shapes_dataset
+
+    try:
+        out = write_shapes_dataset(args.out, count=args.count, frames=args.frames, size=args.size, seed=args.seed,
+                                   fps=args.fps, force=args.force, progress=True)
+    except (ValueError, FileExistsError, NotADirectoryError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {args.count} clips ({args.frames} frames, {args.size}x{args.size}) and captions.jsonl to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmoba",
@@ -204,6 +224,34 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compare", action="store_true",
                      help="run dense and VMoBA at the same seed; print the time ratio, mean density and PSNR")
     gen.set_defaults(func=cmd_generate)
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a video DiT with VMoBA attention (YAML config; see docs/training.md)",
+        description="Fine-tune a diffusers video DiT (Wan architecture) with VMoBA attention, in this process. "
+        "For several processes or GPUs run: accelerate launch -m vmoba.train --config FILE.",
+    )
+    train.add_argument("--config", required=True, help="training configuration (YAML)")
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="make training data", description="Make training datasets.")
+    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    shapes = data_sub.add_parser(
+        "shapes",
+        help="synthetic clips of colored shapes moving left, right, up or down, with captions",
+        description="Write a synthetic video-caption dataset: circles, squares and triangles in red, green, blue "
+        "or yellow moving left, right, up or down over a dark or light background, as H.264 MP4 files under "
+        "OUT/videos with OUT/captions.jsonl (\"a red circle moves right\").",
+    )
+    shapes.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
+    shapes.add_argument("--count", type=_positive, default=1000, help="number of clips (default 1000)")
+    shapes.add_argument("--frames", type=_positive, default=17, help="frames per clip, 4k+1 (default 17)")
+    shapes.add_argument("--size", type=_positive, default=64, help="frame side in pixels, a multiple of 16 (default 64)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--fps", type=_positive, default=8)
+    shapes.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder (replaces the clips a previous run listed there)")
+    shapes.set_defaults(func=cmd_data_shapes)
     return parser
 
 
