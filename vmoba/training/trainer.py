@@ -211,6 +211,7 @@ def run(config: TrainConfig) -> Path | None:
     accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(trainable)
+    digests = _check_replicas(accelerator, trainable)
     final = out / "final"
     if config.validation.prompts or config.task == "autoencoder":
         _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
@@ -219,12 +220,29 @@ def run(config: TrainConfig) -> Path | None:
         task["export"](partial)
         (partial / "training.json").write_text(json.dumps(
             {"config": config.to_dict(), "steps": state.step, "processes": accelerator.num_processes,
+             "weights_sha256_per_process": digests,
              "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
         partial.rename(final)
         print(f"saved {final} after {state.step} steps", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def _check_replicas(accelerator, trainable) -> list[str]:
+    """SHA-256 of the trained weights on every process; they must agree (data parallelism keeps replicas equal)."""
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    h = hashlib.sha256()
+    for name, p in trainable:
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([h.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the processes ended with different weights: {digests}")
+    return digests
 
 
 def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
