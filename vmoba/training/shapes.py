@@ -6,7 +6,8 @@ so in plain words ("a red circle moves right"). Every caption word is in the def
 
 The detector is the measuring stick for generated clips (``benchmarks/default_model_check.py``): foreground =
 strongly coloured pixels (the backgrounds are grey), color = nearest palette hue of their mean, direction = sign
-of the dominant axis of the foreground centroid's motion, shape = how much of its bounding box it fills.
+of the dominant axis of the foreground centroid's motion, shape = triangle when the upper half of its bounding
+box holds much less of it than the lower half, else square or circle by how much of the box it fills.
 """
 
 from __future__ import annotations
@@ -218,9 +219,15 @@ def detect_clip(frames, *, min_pixels: int = 6) -> Detection:
 
     middle = t[len(t) // 2]
     rows, cols = np.nonzero(mask[middle])
-    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    fill = len(rows) / box
-    shape = "square" if fill > 0.88 else "circle" if fill > 0.66 else "triangle"
+    top, bottom = rows.min(), rows.max()
+    box = (bottom - top + 1) * (cols.max() - cols.min() + 1)
+    upper = (rows < (top + bottom) / 2).sum()
+    lower = (rows > (top + bottom) / 2).sum()
+    # an upward triangle has a third of its area in its upper half; circles and squares have half
+    if upper < 0.6 * lower:
+        shape = "triangle"
+    else:
+        shape = "square" if len(rows) / box > 0.88 else "circle"
     return Detection(color, direction, shape, int(present.sum()), (float(vx), float(vy)))
 
 
