@@ -62,7 +62,7 @@ def clip_spec(index: int, *, frames: int = 17, size: int = 64, seed: int = 0) ->
     travel = size * rng.uniform(0.35, 0.55)
     speed = travel / max(frames - 1, 1)
     dx, dy = DIRECTIONS[direction]
-    margin = radius + 1.0
+    margin = 1.2 * radius + 1.0  # the triangle reaches 1.2 radius above its centre
     # the whole path stays inside the frame: start so that start + travel still leaves a margin
     lo_x = margin + (travel if dx < 0 else 0.0)
     hi_x = size - margin - (travel if dx > 0 else 0.0)
