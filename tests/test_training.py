@@ -20,6 +20,13 @@ from vmoba.training.trainer import run  # noqa: E402
 from vmoba.video import read_video  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # the runs below set one intra-op thread (training.threads)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", count=6, frames=5, size=32, seed=4)
