@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--attention", choices=["vmoba", "dense"], default="vmoba")
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--save-videos", help="also write every clip as MP4 into this folder")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = prompt_grid()
+    prompts = prompt_grid()[: args.limit]
     size, frames = DEFAULT_SIZE["height"], DEFAULT_SIZE["num_frames"]
     pipe = None
     if not args.ground_truth:
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
                         ("shape", ["circle", "square", "triangle"])):
         for value in values:
             subset = [r for r in rows if r[key] == value]
+            if not subset:
+                continue
             table.append({"group": f"{key}={value}", "clips": len(subset), "correct": rate("correct", subset),
                           "color": rate("color_ok", subset), "direction": rate("direction_ok", subset),
                           "shape": rate("shape_ok", subset)})
