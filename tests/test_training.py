@@ -280,3 +280,16 @@ def test_autoencoder_task_saves_a_vae_whose_latents_its_statistics_normalise(tmp
     torch.testing.assert_close(normalised.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(normalised.std(dim=(0, 2, 3, 4), unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
     assert read_video(tmp_path / "run/samples/final/reconstruction-00.mp4").shape == (5, 32, 64, 3)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_math(tmp_path, data):
+    losses = {}
+    for name, extra in (("plain", {}), ("checkpointed", {"gradient_checkpointing": True})):
+        run(_config(tmp_path, data, model={"train": ["transformer", "text_encoder"], **extra},
+                    training={"output_dir": str(tmp_path / name)}))
+        losses[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    assert losses["plain"] == pytest.approx(losses["checkpointed"], rel=1e-4)
+    run(_config(tmp_path, data, attention={"mode": "dense"}, training={"output_dir": str(tmp_path / "dense")}))
+    log = [json.loads(line) for line in (tmp_path / "dense/log.jsonl").read_text().splitlines()]
+    assert "vmoba_density" not in log[0]
+    assert log[0]["loss"] != pytest.approx(losses["plain"][0], rel=1e-6)  # VMoBA changed the attention

@@ -105,3 +105,12 @@ def test_cli_reports_a_bad_config_and_writes_nothing(tmp_path):
         assert res.returncode == 2
         assert "bad.yaml: training.batch_size must be > 0, got -2" in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_cli_lists_the_training_and_data_commands():
+    res = subprocess.run([sys.executable, "-m", "vmoba.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in res.stdout and "data" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "vmoba.cli", "data", "shapes", "--help"], capture_output=True,
+                         text=True, check=True)
+    for option in ("--out", "--count", "--frames", "--size", "--seed", "--force"):
+        assert option in res.stdout
