@@ -43,8 +43,9 @@ def find_captions(root: Path, captions: str | None = None) -> Path:
     raise DataError(f"{root}: no captions.jsonl or captions.csv (one caption per video) in the data folder")
 
 
-def read_clips(root: str | Path, captions: str | None = None) -> list[Clip]:
-    """The (video, caption) pairs of a data folder, in the order of the captions file, checked."""
+def read_clips(root: str | Path, captions: str | None = None, exclude=()) -> list[Clip]:
+    """The (video, caption) pairs of a data folder, in the order of the captions file, checked. Folders in
+    ``exclude`` (a run's output or cache inside the data folder) are not searched for unlisted videos."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root: no folder at {root}")
@@ -83,8 +84,10 @@ def read_clips(root: str | Path, captions: str | None = None) -> list[Clip]:
         clips.append(Clip(path, caption.strip()))
     if not clips:
         raise DataError(f"{index}: lists no videos")
+    skip = [Path(e).resolve() for e in exclude if e]
     unlisted = sorted(str(p.relative_to(root.resolve())) for p in root.resolve().rglob("*")
-                      if p.suffix.lower() in VIDEO_SUFFIXES and p.resolve() not in seen)
+                      if p.suffix.lower() in VIDEO_SUFFIXES and p.resolve() not in seen
+                      and not any(s == p or s in p.parents for s in skip))
     if unlisted:
         more = f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else ""
         raise DataError(f"{index}: {len(unlisted)} video(s) in {root} have no caption: "

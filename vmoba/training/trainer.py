@@ -104,7 +104,7 @@ def run(config: TrainConfig) -> Path | None:
         torch.set_num_threads(t.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
     main = accelerator.is_main_process
     resume = _resume_target(config, out)
-    clips = read_clips(config.data.root, config.data.captions)
+    clips = read_clips(config.data.root, config.data.captions, exclude=(t.output_dir, config.data.cache_dir))
 
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     task = _build_task(config, accelerator, clips, weight_dtype)
