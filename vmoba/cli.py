@@ -128,6 +128,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CliError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...) for Wan-family VAEs, got {args.frames}")
 
     pipe, embedded = _load_pipeline(args.model)
+    if args.threads or embedded:
+        import torch
+
+        # the embedded model is tiny: a second intra-op thread only adds synchronisation, and on a busy
+        # 2-core machine it made sampling several times slower
+        torch.set_num_threads(args.threads or 1)
     if embedded and not getattr(pipe, "vmoba_trained", False):
         print("note: the embedded default model has random weights (no trained weights are installed), so the "
               "video shows structured noise, not the prompt", file=sys.stderr)
@@ -220,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--granularity", choices=["token", "tile"], default="token")
     gen.add_argument("--fps", type=_positive, default=8)
     gen.add_argument("--device", help="torch device, e.g. cuda (default: where the pipeline loads, the CPU)")
+    gen.add_argument("--threads", type=_positive, help="CPU threads for PyTorch (default: 1 for the embedded model)")
     gen.add_argument("--force", action="store_true", help="replace --out if it exists")
     gen.add_argument("--compare", action="store_true",
                      help="run dense and VMoBA at the same seed; print the time ratio, mean density and PSNR")
