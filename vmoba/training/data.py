@@ -95,16 +95,34 @@ def read_clips(root: str | Path, captions: str | None = None, exclude=()) -> lis
     return clips
 
 
+def read_frames(path: Path, attempts: int = 3) -> np.ndarray:
+    """All frames of a video (uint8 ``(F, H, W, 3)``); a `DataError` naming the file when it cannot be read.
+
+    imageio-ffmpeg sometimes misses the header of a tiny clip that ffmpeg decodes and closes very quickly
+    ("Could not load meta information") on a busy machine; such a read is tried again. A broken file fails
+    every attempt the same way.
+    """
+    from ..video import read_video
+
+    for attempt in range(attempts):
+        try:
+            return read_video(path)
+        except OSError as exc:
+            if "Could not load meta information" in str(exc) and attempt + 1 < attempts:
+                continue
+            error = exc
+        except Exception as exc:  # imageio/ffmpeg raise many types for broken files
+            error = exc
+        break
+    first = str(error).splitlines()[0] if str(error) else ""
+    raise DataError(f"{path}: cannot decode the video ({type(error).__name__}: {first})") from error
+
+
 def load_frames(path: Path, num_frames: int, height: int, width: int, start: int | None = 0,
                 rng: np.random.Generator | None = None) -> torch.Tensor:
     """``num_frames`` frames of a video as float ``(3, F, H, W)`` in [-1, 1], resized (shorter side) and
     centre-cropped to ``height x width``. ``start=None`` picks a random window with ``rng``."""
-    from ..video import read_video
-
-    try:
-        video = read_video(path)
-    except Exception as exc:  # imageio/ffmpeg raise many types for broken files; say which file
-        raise DataError(f"{path}: cannot decode the video ({type(exc).__name__}: {exc})".strip()) from exc
+    video = read_frames(path)
     if video.ndim != 4 or video.shape[0] == 0:
         raise DataError(f"{path}: decoded to no frames")
     if video.shape[0] < num_frames:
@@ -137,15 +155,8 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         self.clips, self.num_frames, self.height, self.width = clips, num_frames, height, width
         self.clip_start = clip_start
         self._frames: list[np.ndarray] | None = None
-        if preload:
-            from ..video import read_video
-
-            self._frames = []
-            for clip in clips:  # uint8 keeps a whole small dataset in memory: decoding it every step costs more
-                try:
-                    self._frames.append(read_video(clip.path))
-                except Exception as exc:
-                    raise DataError(f"{clip.path}: cannot decode the video ({type(exc).__name__}: {exc})") from exc
+        if preload:  # uint8 keeps a whole small dataset in memory: decoding it every step costs more
+            self._frames = [read_frames(clip.path) for clip in clips]
 
     def __len__(self) -> int:
         return len(self.clips)
