@@ -71,6 +71,7 @@ class FlowSettings:
     timestep_sampling: str = "uniform"  # uniform or logit_normal (u = sigmoid(N(mean, std)))
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    posterior: str = "sample"  # latents x0: a posterior sample (as Wan trains) or its mean
 
 
 @dataclass
@@ -78,6 +79,8 @@ class AutoencoderSettings:
     reconstruction: str = "l1"  # l1 or mse, on pixels in [-1, 1]
     kl_weight: float = 1e-6
     statistics_clips: int = 256  # clips over which latents_mean / latents_std of the saved VAE are measured
+    sample_posterior: bool = True  # decode a posterior sample (a VAE); false: the posterior mean (an autoencoder)
+    mid_attention: str = "train"  # train, or identity: the mid-block self-attention zeroed and frozen
 
 
 @dataclass
@@ -314,8 +317,10 @@ def _check(c: TrainConfig) -> None:
     positive("flow.shift", f.shift)
     choice("flow.timestep_sampling", f.timestep_sampling, ("uniform", "logit_normal"))
     positive("flow.logit_std", f.logit_std)
+    choice("flow.posterior", f.posterior, ("sample", "mean"))
     a = c.autoencoder
     choice("autoencoder.reconstruction", a.reconstruction, ("l1", "mse"))
+    choice("autoencoder.mid_attention", a.mid_attention, ("train", "identity"))
     positive("autoencoder.kl_weight", a.kl_weight, zero=True)
     positive("autoencoder.statistics_clips", a.statistics_clips)
 

@@ -73,15 +73,15 @@ class FlowMatchingLoss(nn.Module):
     def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         if "latent_mean" in batch:
             mean, logvar = batch["latent_mean"], batch["latent_logvar"]
-            noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
-            z = mean + torch.exp(0.5 * logvar) * noise
         else:
             vae = self.frozen["vae"]
             with torch.no_grad():
                 posterior = vae.encode(batch["video"].to(vae.dtype)).latent_dist
-                noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device,
-                                                                                  posterior.mean.dtype)
-                z = posterior.mean + posterior.std * noise
+            mean, logvar = posterior.mean, posterior.logvar
+        z = mean
+        if self.flow.posterior == "sample":
+            noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * noise
         return ((z.float() - self.latents_mean) / self.latents_std)
 
     def text(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -118,18 +118,27 @@ class FlowMatchingLoss(nn.Module):
 
 class AutoencoderLoss(nn.Module):
     """VAE training: reconstruction (L1 or MSE on pixels in [-1, 1]) of a posterior sample, plus
-    ``kl_weight`` times the KL divergence to N(0, I), both as means over elements."""
+    ``kl_weight`` times the KL divergence to N(0, I), both as means over elements.
 
-    def __init__(self, vae, *, reconstruction: str = "l1", kl_weight: float = 1e-6):
+    With ``sample_posterior=False`` the decoder sees the posterior mean (a plain autoencoder with a KL penalty
+    on the means). A freshly initialised Wan VAE has posterior std near 1, which drowns the small means: on
+    clips that are mostly plain background the decoder then learns the background and ignores the latents for
+    a long time. The mean path learns objects within a few hundred steps; train the diffusion model on the
+    posterior mean too (``flow.posterior: mean``)."""
+
+    def __init__(self, vae, *, reconstruction: str = "l1", kl_weight: float = 1e-6, sample_posterior: bool = True):
         super().__init__()
         self.vae = vae
         self.reconstruction, self.kl_weight = reconstruction, kl_weight
+        self.sample_posterior = sample_posterior
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x = batch["video"].to(self.vae.dtype)
         posterior = self.vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device, posterior.mean.dtype)
-        z = posterior.mean + posterior.std * noise
+        z = posterior.mean
+        if self.sample_posterior:
+            noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device, posterior.mean.dtype)
+            z = posterior.mean + posterior.std * noise
         recon = self.vae.decode(z).sample
         error = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
         loss = error(recon.float(), x.float())

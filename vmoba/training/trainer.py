@@ -256,9 +256,12 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     if config.task == "autoencoder":
         vae = load_vae(config).to(device)
         vae.requires_grad_(True)
+        if config.autoencoder.mid_attention == "identity":
+            _attention_as_identity(vae.encoder.mid_block, vae.decoder.mid_block)
         dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
         module = AutoencoderLoss(vae, reconstruction=config.autoencoder.reconstruction,
-                                 kl_weight=config.autoencoder.kl_weight)
+                                 kl_weight=config.autoencoder.kl_weight,
+                                 sample_posterior=config.autoencoder.sample_posterior)
 
         def export(path: Path):
             stats_set = VideoCaptionDataset(clips, d.num_frames, d.height, d.width)
@@ -295,6 +298,19 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
                               empty_embeds=empty)
     return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
             "export": lambda path: export_pipeline(config, pipe, path, msl)}
+
+
+def _attention_as_identity(*blocks) -> None:
+    """Zero and freeze the output projection of every attention layer in ``blocks``: each becomes the identity
+    (``x + proj(...) = x``) while the saved weights stay a standard AutoencoderKLWan. At the default model's
+    width (8 base channels) the randomly initialised single-head mid-block attention averages the image into
+    the background colour, and the autoencoder learns nothing about the objects for hundreds of steps; without it
+    the same run reconstructs them."""
+    for block in blocks:
+        for attention in getattr(block, "attentions", []):
+            torch.nn.init.zeros_(attention.proj.weight)
+            torch.nn.init.zeros_(attention.proj.bias)
+            attention.requires_grad_(False)
 
 
 def _warn_unknown_words(tokenizer, clips) -> None:
