@@ -128,6 +128,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CliError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...) for Wan-family VAEs, got {args.frames}")
 
     pipe, embedded = _load_pipeline(args.model)
+    if args.threads or embedded:
+        import torch
+
+        # the embedded model is tiny: a second intra-op thread only adds synchronisation, and on a busy
+        # 2-core machine it made sampling several times slower
+        torch.set_num_threads(args.threads or 1)
     if embedded and not getattr(pipe, "vmoba_trained", False):
         print("note: the embedded default model has random weights (no trained weights are installed), so the "
               "video shows structured noise, not the prompt", file=sys.stderr)
@@ -154,6 +160,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"compare at seed {args.seed}: dense {dense_seconds:.1f} s, vmoba {seconds:.1f} s "
               f"(time ratio dense/vmoba {dense_seconds / seconds:.2f}), mean density {density:.3f}, "
               f"PSNR vmoba vs dense {psnr(frames, dense_frames):.2f} dB")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune in this process; ``accelerate launch -m vmoba.train`` runs the same on several."""
+    from .train import run_config
+
+    return run_config(args.config, prog="vmoba train")
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    """Write the synthetic moving-shapes video-caption dataset."""
+    from .training.shapes import write_shapes_dataset
+
+    try:
+        out = write_shapes_dataset(args.out, count=args.count, frames=args.frames, size=args.size, seed=args.seed,
+                                   fps=args.fps, force=args.force, progress=True)
+    except (ValueError, FileExistsError, NotADirectoryError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {args.count} clips ({args.frames} frames, {args.size}x{args.size}) and captions.jsonl to {out}")
     return 0
 
 
@@ -200,10 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--granularity", choices=["token", "tile"], default="token")
     gen.add_argument("--fps", type=_positive, default=8)
     gen.add_argument("--device", help="torch device, e.g. cuda (default: where the pipeline loads, the CPU)")
+    gen.add_argument("--threads", type=_positive, help="CPU threads for PyTorch (default: 1 for the embedded model)")
     gen.add_argument("--force", action="store_true", help="replace --out if it exists")
     gen.add_argument("--compare", action="store_true",
                      help="run dense and VMoBA at the same seed; print the time ratio, mean density and PSNR")
     gen.set_defaults(func=cmd_generate)
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a video DiT with VMoBA attention (YAML config; see docs/training.md)",
+        description="Fine-tune a diffusers video DiT (Wan architecture) with VMoBA attention, in this process. "
+        "For several processes or GPUs run: accelerate launch -m vmoba.train --config FILE.",
+    )
+    train.add_argument("--config", required=True, help="training configuration (YAML)")
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="make training data", description="Make training datasets.")
+    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    shapes = data_sub.add_parser(
+        "shapes",
+        help="synthetic clips of colored shapes moving left, right, up or down, with captions",
+        description="Write a synthetic video-caption dataset: circles, squares and triangles in red, green, blue "
+        "or yellow moving left, right, up or down over a dark or light background, as H.264 MP4 files under "
+        "OUT/videos with OUT/captions.jsonl (\"a red circle moves right\").",
+    )
+    shapes.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
+    shapes.add_argument("--count", type=_positive, default=1000, help="number of clips (default 1000)")
+    shapes.add_argument("--frames", type=_positive, default=17, help="frames per clip, 4k+1 (default 17)")
+    shapes.add_argument("--size", type=_positive, default=64, help="frame side in pixels, a multiple of 16 (default 64)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--fps", type=_positive, default=8)
+    shapes.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder (replaces the clips a previous run listed there)")
+    shapes.set_defaults(func=cmd_data_shapes)
     return parser
 
 

@@ -31,19 +31,38 @@ VOCABULARY = (
 DEFAULT_VMOBA_CONFIG = VMoBAConfig(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 2), threshold=0.25)
 DEFAULT_SIZE = dict(height=64, width=64, num_frames=17)
 
-_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16,
-                    out_channels=16, text_dim=32, freq_dim=64, ffn_dim=128, num_layers=6, cross_attn_norm=True,
+# Sizes chosen for CPU training and sampling: the VAE compresses 4x in time and in space (17 frames of 64x64
+# -> 5 x 16 x 16 latents), the transformer sees 5 x 8 x 8 = 320 tokens.
+_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+                    out_channels=16, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
                     qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
-_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
-_TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+            scale_factor_temporal=4, scale_factor_spatial=4)
+_TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+# Captions are a few words; padding every prompt to WanPipeline's 512 tokens would only cost time.
+DEFAULT_MAX_SEQUENCE_LENGTH = 16
 
 
 def _pipeline_class():
     from diffusers import WanPipeline
 
     class VMoBAWanPipeline(WanPipeline):
-        """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once."""
+        """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once, and
+        keeps the text length its model was trained with (``max_sequence_length``, saved in model_index.json):
+        the zero-padded text tokens take part in cross-attention, so another length changes the output."""
+
+        def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
+                     boundary_ratio=None, expand_timesteps=False, max_sequence_length: int = 512):
+            super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                             transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+                             expand_timesteps=expand_timesteps)
+            self.register_to_config(max_sequence_length=max_sequence_length)
+
+        def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
+            if max_sequence_length is None:
+                max_sequence_length = self.config.max_sequence_length
+            return super().__call__(*args, max_sequence_length=max_sequence_length, **kwargs)
 
         def set_attn_processor(self, processor) -> None:
             """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
@@ -80,7 +99,7 @@ def build_default_pipeline(seed: int = 0):
         text_encoder = UMT5EncoderModel(UMT5Config(**_TEXT_ENCODER))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe = _pipeline_class()(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                             transformer=transformer)
+                             transformer=transformer, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH)
     pipe.vmoba_trained = False
     return pipe
 

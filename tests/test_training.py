@@ -1,0 +1,295 @@
+"""Single-process fine-tuning: the objective against its definition, data errors, checkpoints, cache, LoRA, VAE."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from vmoba.pipelines.default import DEFAULT_MAX_SEQUENCE_LENGTH, build_default_pipeline, load_default_pipeline  # noqa: E402
+from vmoba.training import BatchOrder, ConfigError, DataError, config_from_dict, read_clips  # noqa: E402
+from vmoba.training.config import FlowSettings  # noqa: E402
+from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_sigmas, tokenize  # noqa: E402
+from vmoba.training.shapes import write_shapes_dataset  # noqa: E402
+from vmoba.training.state import list_checkpoints  # noqa: E402
+from vmoba.training.trainer import run  # noqa: E402
+from vmoba.video import read_video  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # the runs below set one intra-op thread (training.threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", count=6, frames=5, size=32, seed=4)
+
+
+def _config(tmp_path, root, **sections):
+    base = {"model": {"pretrained": "default", "from_scratch": True},
+            "data": {"root": str(root), "num_frames": 5, "height": 32, "width": 32},
+            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3,
+                         "checkpoint_every": 2, "log_every": 1, "threads": 1}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return config_from_dict(base, source="test.yaml")
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+# -- the objective ----------------------------------------------------------------------------------------
+
+
+def test_sigma_sampling_follows_the_shifted_uniform_law():
+    shift = 3.0
+    s = sample_sigmas(40000, torch.Generator().manual_seed(0), shift=shift).double()
+    # s = k u / (1 + (k - 1) u) with u uniform  =>  P(S <= x) = x / (k - (k - 1) x)
+    for x in (0.1, 0.3, 0.5, 0.7, 0.9):
+        assert (s <= x).double().mean().item() == pytest.approx(x / (shift - (shift - 1) * x), abs=0.01)
+
+
+def test_text_embeddings_match_the_pipelines_encode_prompt():
+    pipe = build_default_pipeline(seed=1)
+    prompts = ["a red circle moves right", "  a Blue  square goes up on a dark background ", ""]
+    ids, mask = tokenize(pipe.tokenizer, prompts, DEFAULT_MAX_SEQUENCE_LENGTH)
+    ours = encode_tokens(pipe.text_encoder, ids, mask)
+    theirs, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                   max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH, device=torch.device("cpu"))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_flow_matching_loss_is_the_rectified_flow_velocity_error():
+    pipe = build_default_pipeline(seed=2)
+    seen = {}
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=True,
+                               max_sequence_length=16, caption_dropout=0.0, flow=FlowSettings(shift=3.0))
+    x0 = torch.randn(3, 16, 2, 8, 8)
+    mean, std = (t.view(1, -1, 1, 1, 1) for t in (torch.tensor(pipe.vae.config.latents_mean),
+                                                     torch.tensor(pipe.vae.config.latents_std)))
+    batch = {"latent_mean": x0 * std + mean, "latent_logvar": torch.full_like(x0, -200.0),  # no posterior noise
+             "caption": ["a red circle moves right"] * 3}
+    with torch.no_grad():
+        loss = loss_fn(batch, torch.Generator().manual_seed(0))
+        s = seen["timestep"].view(-1, 1, 1, 1, 1) / 1000
+        assert torch.all((s > 0) & (s < 1))
+        noise = (seen["hidden_states"] - (1 - s) * x0) / s  # x_s = (1 - s) x0 + s noise
+        assert noise.std().item() == pytest.approx(1.0, abs=0.1)
+        prediction = pipe.transformer(**{**seen, "return_dict": False})[0]
+    torch.testing.assert_close(loss, torch.mean((prediction - (noise - x0)) ** 2), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_order_shards_epochs_without_overlap_and_is_resumable():
+    order = BatchOrder(10, batch_size=2, world_size=2, seed=7)
+    assert order.batches_per_epoch == 2
+    epoch = [i for step in range(2) for rank in range(2) for i in order.indices(step, rank)]
+    assert len(set(epoch)) == 8
+    again = BatchOrder(10, 2, 2, 7)
+    assert [again.indices(s, r) for s in (5, 2, 3) for r in (0, 1)] == [order.indices(s, r) for s in (5, 2, 3)
+                                                                       for r in (0, 1)]
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        BatchOrder(3, batch_size=2, world_size=2, seed=0)
+
+
+# -- data errors ------------------------------------------------------------------------------------------
+
+
+def test_caption_index_errors_name_the_file_and_line(tmp_path, data):
+    root = tmp_path / "d"
+    (root / "videos").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4"):
+        (root / "videos" / name).write_bytes((data / "videos/000000.mp4").read_bytes())
+    index = root / "captions.jsonl"
+    cases = [
+        ('{"file": "videos/a.mp4", "caption": "a red circle moves right"}\n', "1 video\\(s\\) .* have no caption: videos/b.mp4"),
+        ('{"file": "videos/a.mp4"}\n{"file": "videos/b.mp4", "caption": "x"}\n', "line 1: missing caption for videos/a.mp4"),
+        ('{"file": "videos/a.mp4", "caption": "  "}\n', "line 1: missing caption"),
+        ('{"file": "videos/a.mp4", "caption": "x"}\nnot json\n', "line 2: not valid JSON"),
+        ('{"file": "videos/c.mp4", "caption": "x"}\n', "line 1: video videos/c.mp4 not found"),
+        ('{"file": "videos/a.mp4", "caption": "x"}\n{"file": "videos/a.mp4", "caption": "y"}\n', "line 2: .* listed twice"),
+    ]
+    for text, message in cases:
+        index.write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_clips(root)
+    index.unlink()
+    with pytest.raises(DataError, match="no captions.jsonl or captions.csv"):
+        read_clips(root)
+    (root / "captions.csv").write_text("video,text\nvideos/a.mp4,x\n")
+    with pytest.raises(DataError, match="captions.csv: the header must name the columns file and caption"):
+        read_clips(root)
+    (root / "captions.csv").write_text('file,caption\nvideos/a.mp4,"a red circle, moving"\nvideos/b.mp4,a box\n')
+    assert [c.caption for c in read_clips(root)] == ["a red circle, moving", "a box"]
+
+
+def test_corrupt_video_stops_the_run_with_its_name_and_keeps_earlier_checkpoints(tmp_path, data):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    # a wall-clock budget of ~0 stops after one step, with a checkpoint to resume from
+    assert run(_config(tmp_path, root, training={"max_minutes": 1e-6})) is None
+    (step, checkpoint), = list_checkpoints(tmp_path / "run/checkpoints")
+    assert step == 1
+    before = _digest(checkpoint)
+    for video in (root / "videos").iterdir():
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    with pytest.raises(DataError, match=r"videos/0000\d\d\.mp4: cannot decode the video"):
+        run(_config(tmp_path, root, training={"resume_from": "latest"}))
+    assert [p for _, p in list_checkpoints(tmp_path / "run/checkpoints")] == [checkpoint]
+    assert _digest(checkpoint) == before
+    assert not (tmp_path / "run/final").exists()
+
+
+def test_runs_refuse_to_overwrite_checkpoints_or_change_what_resuming_reproduces(tmp_path, data):
+    final = run(_config(tmp_path, data, training={"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2}))
+    assert final == tmp_path / "run/final"
+    assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [2, 3]  # keep_checkpoints: 2
+    with pytest.raises(ConfigError, match="holds a finished run"):
+        run(_config(tmp_path, data, training={"resume_from": "latest"}))
+    (tmp_path / "run/final").rename(tmp_path / "done")
+    with pytest.raises(ConfigError, match="already holds checkpoints .*resume_from: latest"):
+        run(_config(tmp_path, data))
+    with pytest.raises(ConfigError, match="step-0000002 is older than step-0000003 .*would overwrite"):
+        run(_config(tmp_path, data, training={"resume_from": str(tmp_path / "run/checkpoints/step-0000002")}))
+    with pytest.raises(ConfigError, match="cannot resume exactly .*batch_size"):
+        run(_config(tmp_path, data, training={"resume_from": "latest", "batch_size": 3, "max_steps": 6}))
+    # a checkpoint interrupted while being written is never taken for a complete one
+    (tmp_path / "run/checkpoints/step-0000009.partial").mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [2, 3]
+
+
+# -- cache, validation, export ----------------------------------------------------------------------------
+
+
+def test_cached_latents_are_reused_validated_and_equal_to_encoding(tmp_path, data):
+    cache = tmp_path / "cache"
+    config = _config(tmp_path, data, model={"train": ["transformer"]},
+                     data={"cache_dir": str(cache), "caption_dropout": 0.5},
+                     validation={"every": 2, "prompts": ["a red circle moves right"], "num_inference_steps": 2})
+    run(config)
+    meta = (cache / "cache.json").stat().st_mtime_ns
+    from safetensors.torch import load_file
+
+    from vmoba.training.data import load_frames
+
+    item = load_file(cache / "000003.safetensors")
+    clips = read_clips(data)
+    pipe = build_default_pipeline(seed=0)
+    with torch.no_grad():
+        posterior = pipe.vae.encode(load_frames(clips[3].path, 5, 32, 32)[None]).latent_dist
+        ids, mask = tokenize(pipe.tokenizer, [clips[3].caption], DEFAULT_MAX_SEQUENCE_LENGTH)
+        embeds = encode_tokens(pipe.text_encoder, ids, mask)[0, : int(mask.sum())]
+    torch.testing.assert_close(item["latent_mean"], posterior.mean[0])
+    torch.testing.assert_close(item["prompt_embeds"], embeds)
+
+    video = read_video(tmp_path / "run/samples/step-0000002/00-a-red-circle-moves-right.mp4")
+    assert video.shape == (5, 32, 32, 3)
+    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(0 < e["vmoba_density"] <= 1 for e in log)
+
+    again = _config(tmp_path, data, model={"train": ["transformer"]}, data={"cache_dir": str(cache)},
+                    training={"output_dir": str(tmp_path / "run2")})
+    run(again)
+    assert (cache / "cache.json").stat().st_mtime_ns == meta  # reused, not rebuilt
+    other_vae = _config(tmp_path, data, model={"train": ["transformer"], "from_scratch": True},
+                        data={"cache_dir": str(cache)}, training={"output_dir": str(tmp_path / "run3"), "seed": 1})
+    with pytest.raises(DataError, match="cache_dir .* was built from other inputs \\(.*vae"):
+        run(other_vae)
+    (tmp_path / "notacache").mkdir()
+    (tmp_path / "notacache/mine.txt").write_text("x")
+    with pytest.raises(DataError, match="is not empty and holds no latent cache"):
+        run(_config(tmp_path, data, data={"cache_dir": str(tmp_path / "notacache")},
+                    training={"output_dir": str(tmp_path / "run4")}))
+
+
+def test_exported_pipeline_loads_with_its_text_length_and_ema_weights(tmp_path, data):
+    final = run(_config(tmp_path, data, model={"train": ["transformer", "text_encoder"]},
+                        training={"ema_decay": 0.5}))
+    pipe = load_default_pipeline(final)
+    assert pipe.vmoba_trained and pipe.config.max_sequence_length == DEFAULT_MAX_SEQUENCE_LENGTH
+    report = json.loads((final / "training.json").read_text())
+    assert report["steps"] == 3 and len(report["weights_sha256_per_process"]) == 1
+    # the exported weights are the EMA average, which after 3 steps differs from the last iterate
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "run/checkpoints/step-0000002/model.safetensors")
+    ema = torch.load(tmp_path / "run/checkpoints/step-0000002/custom_checkpoint_1.pkl", weights_only=False)
+    name = "transformer.proj_out.weight"
+    assert not torch.equal(state[name], ema["shadow"][name])
+    frames = pipe("a red circle moves right", height=32, width=32, num_frames=5, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+    assert frames.shape == (5, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_lora_fine_tuning_writes_weights_that_load_lora_weights_takes(tmp_path, data):
+    pytest.importorskip("peft")
+    base = tmp_path / "base"
+    build_default_pipeline(seed=5).save_pretrained(base)
+    final = run(_config(tmp_path, data, model={"pretrained": str(base), "from_scratch": False,
+                                               "lora": {"rank": 4}}, training={"learning_rate": 1e-2}))
+    from safetensors.torch import load_file
+
+    weights = load_file(final / "pytorch_lora_weights.safetensors")
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+    pipe = load_default_pipeline(base)
+    x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(1))
+
+    def output():
+        with torch.no_grad():
+            return pipe.transformer(x, torch.tensor([500.0]), context, return_dict=False)[0]
+
+    plain = output()
+    pipe.load_lora_weights(str(final))
+    adapted = output()
+    assert not torch.allclose(plain, adapted)
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(output(), plain)
+
+
+def test_autoencoder_task_saves_a_vae_whose_latents_its_statistics_normalise(tmp_path, data):
+    config = _config(tmp_path, data, task="autoencoder",
+                     data={"num_frames": 5, "clip_start": "random", "preload": True},
+                     autoencoder={"statistics_clips": 6}, validation={"clips": 1})
+    final = run(config)
+    from diffusers import AutoencoderKLWan
+
+    from vmoba.training.data import VideoCaptionDataset
+
+    vae = AutoencoderKLWan.from_pretrained(final)
+    dataset = VideoCaptionDataset(read_clips(data), 5, 32, 32)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(dataset[i]["video"][None]).latent_dist.mean for i in range(6)])
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    normalised = (z - mean) / std
+    torch.testing.assert_close(normalised.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalised.std(dim=(0, 2, 3, 4), unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    assert read_video(tmp_path / "run/samples/final/reconstruction-00.mp4").shape == (5, 32, 64, 3)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_math(tmp_path, data):
+    losses = {}
+    for name, extra in (("plain", {}), ("checkpointed", {"gradient_checkpointing": True})):
+        run(_config(tmp_path, data, model={"train": ["transformer", "text_encoder"], **extra},
+                    training={"output_dir": str(tmp_path / name)}))
+        losses[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    assert losses["plain"] == pytest.approx(losses["checkpointed"], rel=1e-4)
+    run(_config(tmp_path, data, attention={"mode": "dense"}, training={"output_dir": str(tmp_path / "dense")}))
+    log = [json.loads(line) for line in (tmp_path / "dense/log.jsonl").read_text().splitlines()]
+    assert "vmoba_density" not in log[0]
+    assert log[0]["loss"] != pytest.approx(losses["plain"][0], rel=1e-6)  # VMoBA changed the attention

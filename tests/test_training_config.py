@@ -1,0 +1,116 @@
+"""The YAML training configuration: defaults, paths, and an error naming the field for every bad value."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vmoba.training import ConfigError, config_from_dict, load_config
+
+MINIMAL = {"data": {"root": "data"}, "training": {"output_dir": "out", "max_steps": 10}}
+
+
+def _with(path: str, value):
+    config = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    node = config
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return config
+
+
+def test_minimal_config_and_defaults():
+    c = config_from_dict(MINIMAL)
+    assert c.task == "text_to_video" and c.model.pretrained == "default" and c.model.train == ["transformer"]
+    assert c.attention.mode == "vmoba" and c.flow.shift == 3.0
+    assert (c.data.num_frames, c.data.height, c.data.width) == (17, 64, 64)
+    assert c.training.mixed_precision == "auto" and c.training.ema_decay is None
+    assert config_from_dict(_with("training.learning_rate", "3e-4")).training.learning_rate == 3e-4
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("task", "classify", "task must be one of text_to_video, autoencoder"),
+    ("training.lerning_rate", 1e-4, "unknown field training.lerning_rate \\(did you mean 'learning_rate'\\?\\)"),
+    ("optimizer", {"lr": 1}, "unknown field optimizer"),
+    ("training.learning_rate", -1.0, "training.learning_rate must be > 0"),
+    ("training.learning_rate", "fast", "training.learning_rate must be a number"),
+    ("training.batch_size", 2.5, "training.batch_size must be an integer"),
+    ("training.max_steps", 0, "training.max_steps must be > 0"),
+    ("training.output_dir", "", "training.output_dir is required"),
+    ("training.ema_decay", 1.5, "training.ema_decay must be in \\(0, 1\\)"),
+    ("training.mixed_precision", "fp8", "training.mixed_precision must be one of"),
+    ("training.lr_schedule", "linear", "training.lr_schedule must be one of constant, cosine"),
+    ("data.root", "", "data.root is required"),
+    ("data.num_frames", 16, "data.num_frames must be 4k\\+1"),
+    ("data.height", 50, "data.height must be a positive multiple of 16"),
+    ("data.caption_dropout", 1.0, "data.caption_dropout must be in \\[0, 1\\)"),
+    ("data.preload", "yes", "data.preload must be true or false"),
+    ("model.train", ["transformer", "vae"], "model.train must be one of transformer, text_encoder"),
+    ("model.train", "transformer", "model.train must be a list"),
+    ("model.lora", {"rank": 0}, "model.lora.rank must be > 0"),
+    ("attention.mode", "sparse", "attention.mode must be one of vmoba, dense"),
+    ("attention.vmoba", {"threshold": 2}, "attention.vmoba is not a valid VMoBAConfig: .*threshold"),
+    ("attention.vmoba", {"thresh": 0.2}, "attention.vmoba is not a valid VMoBAConfig: unknown VMoBAConfig field"),
+    ("attention.vmoba", {"dense_steps": 3}, "attention.vmoba.dense_steps counts denoising steps"),
+    ("validation.every", 10, "validation.prompts must list at least one prompt"),
+    ("flow.timestep_sampling", "beta", "flow.timestep_sampling must be one of uniform, logit_normal"),
+    ("data", ["root"], "data must be a mapping"),
+])
+def test_bad_fields_are_named(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(_with(path, value), source="train.yaml")
+
+
+def test_combinations_that_cannot_run():
+    lora_scratch = _with("model.lora", {"rank": 4})
+    lora_scratch["model"]["from_scratch"] = True
+    with pytest.raises(ConfigError, match="model.lora adapts pretrained weights"):
+        config_from_dict(lora_scratch)
+    with pytest.raises(ConfigError, match="model.train must be \\[transformer\\] with model.lora"):
+        config_from_dict({**_with("model.lora", {"rank": 4}), "model": {"lora": {"rank": 4},
+                                                                          "train": ["transformer", "text_encoder"]}})
+    cached_random = _with("data.cache_dir", "cache")
+    cached_random["data"]["clip_start"] = "random"
+    with pytest.raises(ConfigError, match="data.cache_dir stores one latent per clip"):
+        config_from_dict(cached_random)
+    with pytest.raises(ConfigError, match="data.cache_dir holds VAE latents"):
+        config_from_dict({**_with("data.cache_dir", "cache"), "task": "autoencoder"})
+
+
+def test_yaml_file_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes/train.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "model": {"vae": "../vae"}}))
+    c = load_config(path)
+    assert c.data.root == str(tmp_path / "recipes/data") and c.training.output_dir == str(tmp_path / "recipes/out")
+    assert c.model.vae == str(tmp_path / "recipes/../vae")
+    path.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_config(path)
+    path.write_text("- a list")
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no training configuration at"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_a_bad_config_and_writes_nothing(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_with("training.batch_size", -2)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for argv in (["-m", "vmoba.cli", "train", "--config", "bad.yaml"], ["-m", "vmoba.train", "--config", "bad.yaml"]):
+        res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert res.returncode == 2
+        assert "bad.yaml: training.batch_size must be > 0, got -2" in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_cli_lists_the_training_and_data_commands():
+    res = subprocess.run([sys.executable, "-m", "vmoba.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in res.stdout and "data" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "vmoba.cli", "data", "shapes", "--help"], capture_output=True,
+                         text=True, check=True)
+    for option in ("--out", "--count", "--frames", "--size", "--seed", "--force"):
+        assert option in res.stdout

@@ -1,0 +1,87 @@
+"""Cached latents: every clip's VAE posterior (mean, log-variance) and, when the text encoder is frozen, its
+prompt embedding, computed once into ``data.cache_dir`` and reused by every later run.
+
+The cache records what it was computed from (clips, VAE weights, frame window, text encoder): a cache that
+does not match the current run is reported, never silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .data import Clip, DataError, cache_key, load_frames
+from .objectives import encode_tokens, tokenize
+
+META = "cache.json"
+BUILDING = "cache.building.json"
+
+
+def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_settings, text: dict | None,
+                  batch_size: int) -> Path:
+    """Make sure ``cache_dir`` holds the latents of ``clips`` for this VAE; build them (split across
+    processes) when it does not. ``text``: ``{"encoder", "tokenizer", "max_sequence_length"}`` to cache prompt
+    embeddings as well, or None."""
+    cache_dir = Path(cache_dir)
+    key = cache_key(clips, vae, data_settings, text)
+    meta, building = cache_dir / META, cache_dir / BUILDING
+    if meta.is_file():
+        found = json.loads(meta.read_text())
+        if found != key:
+            changed = sorted(k for k in set(found) | set(key) if found.get(k) != key.get(k))
+            raise DataError(f"data.cache_dir {cache_dir} was built from other inputs ({', '.join(changed)} differ); "
+                            f"delete it or set another data.cache_dir")
+        return cache_dir
+    if cache_dir.is_dir() and any(cache_dir.iterdir()):
+        same_build = building.is_file() and json.loads(building.read_text()) == key
+        if not same_build:
+            raise DataError(f"data.cache_dir {cache_dir} is not empty and holds no latent cache; choose an empty or "
+                            f"new folder")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        building.write_text(json.dumps(key))
+    accelerator.wait_for_everyone()
+    mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
+    _encode(mine, cache_dir, clips, vae, data_settings, text, batch_size, accelerator.device,
+            progress=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        meta.write_text(json.dumps(key, indent=1))
+        building.unlink()
+    accelerator.wait_for_everyone()
+    return cache_dir
+
+
+@torch.no_grad()
+def _encode(indices, cache_dir, clips, vae, d, text, batch_size, device, progress):
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(indices), desc="caching latents", unit="clip", disable=not progress)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        videos = torch.stack([load_frames(clips[i].path, d.num_frames, d.height, d.width) for i in chunk])
+        posterior = vae.encode(videos.to(device, vae.dtype)).latent_dist
+        embeds = None
+        if text is not None:
+            ids, mask = tokenize(text["tokenizer"], [clips[i].caption for i in chunk], text["max_sequence_length"])
+            embeds = encode_tokens(text["encoder"], ids.to(device), mask.to(device))
+            lengths = mask.sum(1).tolist()
+        for j, i in enumerate(chunk):
+            item = {"latent_mean": posterior.mean[j].float().cpu().contiguous(),
+                    "latent_logvar": posterior.logvar[j].float().cpu().contiguous()}
+            if embeds is not None:
+                item["prompt_embeds"] = embeds[j, : lengths[j]].float().cpu().contiguous()
+            save_file(item, str(cache_dir / f"{i:06d}.safetensors"))
+        bar.update(len(chunk))
+    bar.close()
+
+
+def empty_prompt_embeds(text: dict, device) -> torch.Tensor:
+    """The embedding of "" (dropped captions), padded as the pipeline pads."""
+    ids, mask = tokenize(text["tokenizer"], [""], text["max_sequence_length"])
+    with torch.no_grad():
+        return encode_tokens(text["encoder"], ids.to(device), mask.to(device))[0]

@@ -1,0 +1,181 @@
+"""Loading the pipeline to fine-tune, preparing its trained parts (VMoBA, LoRA, checkpointing), and
+writing the result: a diffusers pipeline folder, LoRA weights, or a VAE folder with its latent statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, TrainConfig
+
+logger = logging.getLogger("vmoba")
+
+
+def _reinitialise(module, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return type(module).from_config(module.config) if hasattr(module, "from_config") else type(module)(module.config)
+
+
+def load_vae(config: TrainConfig):
+    """The VAE the autoencoder task trains (without loading a whole pipeline)."""
+    from diffusers import AutoencoderKLWan
+
+    m = config.model
+    if m.vae:
+        source = Path(m.vae)
+        kwargs = {}
+    elif m.pretrained == "default":
+        from ..pipelines.default import WEIGHTS_DIR, _VAE
+
+        source, kwargs = WEIGHTS_DIR, {"subfolder": "vae"}
+        if m.from_scratch or not (WEIGHTS_DIR / "vae").is_dir():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.training.seed)
+                return AutoencoderKLWan(**_VAE)
+    else:
+        source, kwargs = Path(m.pretrained), {"subfolder": "vae"}
+    try:
+        vae = AutoencoderKLWan.from_pretrained(str(source), local_files_only=True, **kwargs)
+    except Exception as exc:
+        raise ConfigError(f"{config.source}: model.vae / model.pretrained: cannot load an AutoencoderKLWan from "
+                          f"{source}: {exc}") from exc
+    return _reinitialise(vae, config.training.seed) if m.from_scratch else vae
+
+
+def load_pipeline(config: TrainConfig):
+    """The pipeline whose transformer (and text encoder) the text-to-video task trains."""
+    from ..pipelines.default import build_default_pipeline, load_default_pipeline
+    from ..processors.grid import model_family
+
+    m = config.model
+    seed = config.training.seed
+    if m.pretrained == "default":
+        if m.from_scratch:
+            pipe = build_default_pipeline(seed)
+        else:
+            pipe = load_default_pipeline(quiet=True)
+            if not pipe.vmoba_trained:
+                logger.warning("the embedded default model has no trained weights installed: training from its "
+                               "seeded random weights")
+    else:
+        path = Path(m.pretrained)
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(f"{config.source}: model.pretrained {path} is not a diffusers pipeline folder "
+                              f"(no model_index.json); give 'default' or a local Wan pipeline folder")
+        try:
+            if json.loads(index.read_text()).get("_class_name") == "VMoBAWanPipeline":
+                pipe = load_default_pipeline(path)
+            else:
+                from diffusers import DiffusionPipeline
+
+                pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        except Exception as exc:
+            raise ConfigError(f"{config.source}: model.pretrained: cannot load the pipeline at {path}: {exc}") from exc
+        if m.from_scratch:
+            for name in m.train:
+                pipe.register_modules(**{name: _reinitialise(getattr(pipe, name), seed)})
+    if m.vae:
+        from diffusers import AutoencoderKLWan
+
+        try:
+            pipe.register_modules(vae=AutoencoderKLWan.from_pretrained(m.vae, local_files_only=True))
+        except Exception as exc:
+            raise ConfigError(f"{config.source}: model.vae: cannot load an AutoencoderKLWan from {m.vae}: {exc}") from exc
+        pipe.vae_scale_factor_temporal = pipe.vae.config.scale_factor_temporal
+        pipe.vae_scale_factor_spatial = pipe.vae.config.scale_factor_spatial
+        from diffusers.video_processor import VideoProcessor
+
+        pipe.video_processor = VideoProcessor(vae_scale_factor=pipe.vae_scale_factor_spatial)
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None or model_family(transformer) != "wan":
+        name = type(transformer).__name__ if transformer is not None else "none"
+        raise ConfigError(f"{config.source}: model.pretrained: fine-tuning supports Wan-architecture pipelines "
+                          f"(WanTransformer3DModel); this one's transformer is {name}")
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise ConfigError(f"{config.source}: model.pretrained: two-expert Wan 2.2 pipelines (transformer_2) are not "
+                          f"supported for fine-tuning yet; use a single-transformer Wan pipeline")
+    return pipe
+
+
+def max_sequence_length(config: TrainConfig, pipe) -> int:
+    if config.model.max_sequence_length is not None:
+        return config.model.max_sequence_length
+    return int(pipe.config.get("max_sequence_length", 512) or 512)
+
+
+def vmoba_config(config: TrainConfig):
+    """The VMoBAConfig for training: the model's inference default, with the YAML's fields on top."""
+    from ..config import VMoBAConfig
+    from ..pipelines.default import DEFAULT_VMOBA_CONFIG
+
+    base = DEFAULT_VMOBA_CONFIG if config.model.pretrained == "default" else VMoBAConfig()
+    return base.replace(**config.attention.vmoba) if config.attention.vmoba else base
+
+
+def prepare_transformer(config: TrainConfig, pipe):
+    """Freeze what is not trained, add LoRA, switch on gradient checkpointing and VMoBA. Returns the VMoBA
+    processors (empty with dense attention)."""
+    import vmoba
+
+    m = config.model
+    transformer = pipe.transformer
+    for name in ("transformer", "text_encoder", "vae"):
+        module = getattr(pipe, name)
+        module.requires_grad_(name in m.train and m.lora is None)
+    if m.lora is not None:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ConfigError(f"{config.source}: model.lora needs peft: pip install 'vmoba[lora]'") from None
+        lora = LoraConfig(r=m.lora.rank, lora_alpha=m.lora.alpha or m.lora.rank, lora_dropout=m.lora.dropout,
+                          target_modules=list(m.lora.target_modules), init_lora_weights="gaussian")
+        try:
+            transformer.add_adapter(lora)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: model.lora.target_modules {m.lora.target_modules}: {exc}") from exc
+    if m.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+        if "text_encoder" in m.train and hasattr(pipe.text_encoder, "gradient_checkpointing_enable"):
+            pipe.text_encoder.gradient_checkpointing_enable()
+    if config.attention.mode == "vmoba":
+        return vmoba.enable(transformer, vmoba_config(config))
+    return {}
+
+
+def export_pipeline(config: TrainConfig, pipe, out: Path, msl: int) -> None:
+    """Write the fine-tuned model: a pipeline folder, or LoRA weights that ``pipe.load_lora_weights`` takes."""
+    import vmoba
+
+    vmoba.disable(pipe.transformer)
+    if config.model.lora is not None:
+        from peft.utils import get_peft_model_state_dict
+
+        layers = get_peft_model_state_dict(pipe.transformer)
+        type(pipe).save_lora_weights(str(out), transformer_lora_layers=layers)
+        return
+    if "max_sequence_length" in pipe.config:
+        pipe.register_to_config(max_sequence_length=msl)
+    elif msl != 512:
+        logger.warning("trained with max_sequence_length=%d: pass max_sequence_length=%d to the pipeline call",
+                       msl, msl)
+    pipe.save_pretrained(str(out))
+
+
+@torch.no_grad()
+def measure_latent_statistics(vae, dataset, count: int, batch_size: int, device) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means over the first ``count`` clips."""
+    total = sq = n = 0
+    for start in range(0, min(count, len(dataset)), batch_size):
+        items = [dataset[i]["video"] for i in range(start, min(start + batch_size, count, len(dataset)))]
+        z = vae.encode(torch.stack(items).to(device, vae.dtype)).latent_dist.mean.double()
+        total = total + z.sum(dim=(0, 2, 3, 4))
+        sq = sq + z.pow(2).sum(dim=(0, 2, 3, 4))
+        n += z.numel() // z.shape[1]
+    mean = total / n
+    std = (sq / n - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()

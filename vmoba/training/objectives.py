@@ -1,0 +1,148 @@
+"""Training objectives as modules whose ``forward(batch, generator)`` returns the loss of one micro-batch.
+
+One module per objective, holding exactly the trained components as submodules: DistributedDataParallel wraps
+it and sees one forward per step, and ``accelerator.save_state`` saves only what is trained (frozen components
+sit in a plain dict, outside the module tree). Every random draw comes from the generator passed in, so a
+step is a pure function of its batch and seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def tokenize(tokenizer, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask exactly as `diffusers.WanPipeline` makes them (same text cleaning)."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    tokens = tokenizer([prompt_clean(p) for p in prompts], padding="max_length", max_length=max_sequence_length,
+                       truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    return tokens.input_ids, tokens.attention_mask
+
+
+def encode_tokens(text_encoder, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Text embeddings as WanPipeline feeds them to the transformer: encoder states, zero past each prompt's
+    end (the pipeline trims to the prompt length and pads with zeros; with a prefix mask that is this product)."""
+    states = text_encoder(input_ids, mask).last_hidden_state
+    return states * mask[..., None].to(states.dtype)
+
+
+def sample_sigmas(n: int, generator: torch.Generator, *, shift: float, sampling: str = "uniform",
+                  logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Noise levels ``s`` in (0, 1): ``u`` uniform (or logit-normal), then the scheduler's shift
+    ``s = shift * u / (1 + (shift - 1) * u)``, which spends more steps at high noise for ``shift > 1``."""
+    if sampling == "logit_normal":
+        u = torch.sigmoid(logit_mean + logit_std * torch.randn(n, generator=generator))
+    else:
+        u = torch.rand(n, generator=generator)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(mean, std)`` of the VAE config, shaped to broadcast over ``(B, C, T, H, W)``."""
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+    return mean, std
+
+
+class FlowMatchingLoss(nn.Module):
+    """Rectified-flow loss as Wan trains: ``x_s = (1 - s) x0 + s * noise``, the transformer predicts
+    ``noise - x0`` at timestep ``1000 s``; ``x0`` are VAE latents normalised by the VAE's latents_mean / std."""
+
+    def __init__(self, transformer, text_encoder, vae, tokenizer, *, train_text_encoder: bool, max_sequence_length: int,
+                 caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None):
+        super().__init__()
+        self.transformer = transformer
+        if train_text_encoder:
+            self.text_encoder = text_encoder
+        self.frozen = {"vae": vae, "tokenizer": tokenizer}
+        if not train_text_encoder:
+            self.frozen["text_encoder"] = text_encoder
+        self.train_text_encoder = train_text_encoder
+        self.max_sequence_length = max_sequence_length
+        self.caption_dropout = caption_dropout
+        self.flow = flow
+        self.empty_embeds = empty_embeds  # cached embedding of "" when prompt embeddings are cached
+        mean, std = latent_statistics(vae)
+        self.register_buffer("latents_mean", mean, persistent=False)
+        self.register_buffer("latents_std", std, persistent=False)
+
+    def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        if "latent_mean" in batch:
+            mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+        else:
+            vae = self.frozen["vae"]
+            with torch.no_grad():
+                posterior = vae.encode(batch["video"].to(vae.dtype)).latent_dist
+            mean, logvar = posterior.mean, posterior.logvar
+        z = mean
+        if self.flow.posterior == "sample":
+            noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * noise
+        return ((z.float() - self.latents_mean) / self.latents_std)
+
+    def text(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        captions = list(batch["caption"])
+        drop = (torch.rand(len(captions), generator=generator) < self.caption_dropout).tolist()
+        if "prompt_embeds" in batch:
+            embeds = batch["prompt_embeds"]
+            if any(drop):
+                empty = self.empty_embeds.to(embeds.device, embeds.dtype)
+                embeds = torch.stack([empty if d else e for e, d in zip(embeds, drop)])
+            return embeds
+        captions = ["" if d else c for c, d in zip(captions, drop)]
+        ids, mask = tokenize(self.frozen["tokenizer"], captions, self.max_sequence_length)
+        device = self.latents_mean.device
+        if self.train_text_encoder:
+            return encode_tokens(self.text_encoder, ids.to(device), mask.to(device))
+        with torch.no_grad():
+            return encode_tokens(self.frozen["text_encoder"], ids.to(device), mask.to(device))
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        x0 = self.latents(batch, generator)
+        context = self.text(batch, generator)
+        f = self.flow
+        s = sample_sigmas(x0.shape[0], generator, shift=f.shift, sampling=f.timestep_sampling,
+                          logit_mean=f.logit_mean, logit_std=f.logit_std).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        s_ = s.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s_) * x0 + s_ * noise
+        dtype = self.transformer.dtype
+        prediction = self.transformer(hidden_states=noisy.to(dtype), timestep=s * 1000,
+                                      encoder_hidden_states=context.to(dtype), return_dict=False)[0]
+        return F.mse_loss(prediction.float(), (noise - x0).float())
+
+
+class AutoencoderLoss(nn.Module):
+    """VAE training: reconstruction (L1 or MSE on pixels in [-1, 1]) of a posterior sample, plus
+    ``kl_weight`` times the KL divergence to N(0, I), both as means over elements.
+
+    With ``sample_posterior=False`` the decoder sees the posterior mean (a plain autoencoder with a KL penalty
+    on the means). A freshly initialised Wan VAE has posterior std near 1, which drowns the small means: on
+    clips that are mostly plain background the decoder then learns the background and ignores the latents for
+    a long time. The mean path learns objects within a few hundred steps; train the diffusion model on the
+    posterior mean too (``flow.posterior: mean``)."""
+
+    def __init__(self, vae, *, reconstruction: str = "l1", kl_weight: float = 1e-6, sample_posterior: bool = True):
+        super().__init__()
+        self.vae = vae
+        self.reconstruction, self.kl_weight = reconstruction, kl_weight
+        self.sample_posterior = sample_posterior
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        x = batch["video"].to(self.vae.dtype)
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean
+        if self.sample_posterior:
+            noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device, posterior.mean.dtype)
+            z = posterior.mean + posterior.std * noise
+        recon = self.vae.decode(z).sample
+        error = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
+        loss = error(recon.float(), x.float())
+        if self.kl_weight:
+            mean, logvar = posterior.mean.float(), posterior.logvar.float()
+            loss = loss + self.kl_weight * 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        return loss

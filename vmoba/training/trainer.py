@@ -1,0 +1,360 @@
+"""The training loop: accelerate for processes and precision, checkpoints that resume exactly, logs, samples.
+
+Layout of ``training.output_dir``::
+
+    checkpoints/step-0000500/   accelerate state (trained weights, optimizer, EMA, step) of step 500
+    samples/step-0000500/       validation videos
+    log.jsonl                   one JSON object per logged step (appended across resumed runs)
+    final/                      the trained model (pipeline folder, LoRA weights or VAE folder)
+
+A step is a pure function of (seed, step, process): the batch indices come from `BatchOrder`, every random
+draw from a generator seeded by the triple. So a run resumed from ``step-N`` trains on the same batches in
+the same order, with the same noise, as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig
+from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
+from .state import EMA, TrainingState, checkpoint_name, list_checkpoints, save_checkpoint
+
+logger = logging.getLogger("vmoba")
+
+
+def step_seed(seed: int, micro_step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def learning_rate(t, step: int) -> float:
+    if step < t.lr_warmup_steps:
+        return t.learning_rate * (step + 1) / t.lr_warmup_steps
+    if t.lr_schedule == "constant":
+        return t.learning_rate
+    progress = (step - t.lr_warmup_steps) / max(1, t.max_steps - t.lr_warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.learning_rate * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
+
+
+def _resume_target(config: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses anything that would overwrite."""
+    t = config.training
+    checkpoints = list_checkpoints(out / "checkpoints")
+    if (out / "final").exists():
+        raise ConfigError(f"{config.source}: training.output_dir {out} holds a finished run (final/); choose another "
+                          f"output_dir")
+    if t.resume_from is None:
+        if checkpoints:
+            raise ConfigError(f"{config.source}: training.output_dir {out} already holds checkpoints (latest "
+                              f"{checkpoints[-1][1].name}); set training.resume_from: latest to continue that run, "
+                              f"or choose another output_dir")
+        return None
+    if t.resume_from == "latest":
+        if not checkpoints:
+            logger.warning("training.resume_from: latest, but %s has no checkpoint yet: starting from step 0", out)
+            return None
+        return checkpoints[-1][1]
+    path = Path(t.resume_from)
+    match = re.match(r"^step-(\d+)$", path.name)
+    if not path.is_dir() or match is None:
+        raise ConfigError(f"{config.source}: training.resume_from {path} is not a checkpoint folder (step-N)")
+    later = [p.name for s, p in checkpoints if s > int(match.group(1))]
+    if later and path.resolve().parent == (out / "checkpoints").resolve():
+        raise ConfigError(f"{config.source}: training.resume_from {path.name} is older than {', '.join(later)} in "
+                          f"the same run; resuming would overwrite them: move them away first or resume from latest")
+    return path
+
+
+def _identity(config: TrainConfig, world_size: int, dataset_size: int) -> dict:
+    t = config.training
+    return {"task": config.task, "world_size": world_size, "batch_size": t.batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps, "seed": t.seed,
+            "dataset_size": dataset_size, "data": config.fingerprint("data"),
+            "model": config.fingerprint("model", "attention")}
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def run(config: TrainConfig) -> Path | None:
+    """Train as ``config`` says. Returns the folder of the trained model, or None when the run stopped at
+    ``training.max_minutes`` with a checkpoint to resume from."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    t = config.training
+    out = Path(t.output_dir)
+    precision = t.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=precision)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(t.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
+    main = accelerator.is_main_process
+    resume = _resume_target(config, out)
+    clips = read_clips(config.data.root, config.data.captions, exclude=(t.output_dir, config.data.cache_dir))
+
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    task = _build_task(config, accelerator, clips, weight_dtype)
+    module, dataset = task["module"], task["dataset"]
+    module.train()
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"{config.source}: nothing to train (model.train lists no component with parameters)")
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    ema = EMA(trainable, t.ema_decay) if t.ema_decay else None
+    model, optimizer = accelerator.prepare(module, optimizer)
+    state = TrainingState(_identity(config, accelerator.num_processes, len(dataset)))
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        differs = sorted(k for k in state.identity if state.loaded_identity.get(k) != state.identity[k])
+        if differs:
+            raise ConfigError(f"{config.source}: cannot resume exactly from {resume}: {', '.join(differs)} changed since "
+                              f"that run ({ {k: state.loaded_identity.get(k) for k in differs} } -> "
+                              f"{ {k: state.identity[k] for k in differs} }); use the same settings or a new output_dir")
+        if main:
+            print(f"resumed from {resume} at step {state.step}", flush=True)
+
+    order = BatchOrder(len(dataset), t.batch_size, accelerator.num_processes, t.seed)
+    accum = t.gradient_accumulation_steps
+    processors = task["processors"]
+    log_path = out / "log.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    start_time = time.time()
+    window: list[torch.Tensor] = []
+    window_start = time.time()
+    stopped_early = False
+    last_saved = state.step
+    bar = tqdm(total=t.max_steps, initial=state.step, desc=config.task, unit="step", disable=not main,
+               dynamic_ncols=True)
+    while state.step < t.max_steps:
+        step = state.step
+        lr = learning_rate(t, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accum):
+            micro_step = step * accum + micro
+            seed = step_seed(t.seed, micro_step, accelerator.process_index)
+            generator = torch.Generator().manual_seed(seed)
+            rng = np.random.default_rng(seed)
+            items = [dataset.sample(i, rng) for i in order.indices(micro_step, accelerator.process_index)]
+            batch = _to_device(collate(items), accelerator.device)
+            sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+            with sync:
+                loss = model(batch, generator)
+                accelerator.backward(loss / accum)
+            window.append(loss.detach().float())
+        if t.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(trainable)
+        state.step += 1
+        bar.update(1)
+
+        if state.step % t.log_every == 0 or state.step == t.max_steps:
+            mean_loss = accelerator.reduce(torch.stack(window).mean().to(accelerator.device), "mean").item()
+            densities = [d for p in processors.values() for d in p.densities]
+            for p in processors.values():
+                p.reset_stats()
+            entry = {"step": state.step, "loss": round(mean_loss, 6), "lr": lr,
+                     "steps_per_s": round(len(window) / accum / max(time.time() - window_start, 1e-9), 4),
+                     "minutes": round((time.time() - start_time) / 60, 3)}
+            if densities:
+                entry["vmoba_density"] = round(sum(densities) / len(densities), 4)
+            window, window_start = [], time.time()
+            if main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                bar.write(json.dumps(entry))
+        if state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
+            save_checkpoint(accelerator, out / "checkpoints", state.step, t.keep_checkpoints)
+            last_saved = state.step
+        if config.validation.every and state.step % config.validation.every == 0:
+            _validate(config, task, accelerator, ema, trainable, out / "samples" / checkpoint_name(state.step))
+        if t.max_minutes is not None and state.step < t.max_steps:
+            over = torch.tensor(float(time.time() - start_time > 60 * t.max_minutes), device=accelerator.device)
+            if accelerator.reduce(over, "max").item() > 0:  # every process stops at the same step
+                stopped_early = True
+                break
+    bar.close()
+
+    if stopped_early:
+        if last_saved != state.step:
+            save_checkpoint(accelerator, out / "checkpoints", state.step, t.keep_checkpoints)
+        if main:
+            print(f"stopped after {t.max_minutes} minutes at step {state.step} of {t.max_steps}; run again with "
+                  f"training.resume_from: latest to continue", flush=True)
+        accelerator.end_training()
+        return None
+
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(trainable)
+    digests = _check_replicas(accelerator, trainable)
+    final = out / "final"
+    if config.validation.prompts or config.task == "autoencoder":
+        _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
+    if main:
+        partial = out / "final.partial"
+        task["export"](partial)
+        (partial / "training.json").write_text(json.dumps(
+            {"config": config.to_dict(), "steps": state.step, "processes": accelerator.num_processes,
+             "weights_sha256_per_process": digests,
+             "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
+        partial.rename(final)
+        print(f"saved {final} after {state.step} steps", flush=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def _check_replicas(accelerator, trainable) -> list[str]:
+    """SHA-256 of the trained weights on every process; they must agree (data parallelism keeps replicas equal)."""
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    h = hashlib.sha256()
+    for name, p in trainable:
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([h.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the processes ended with different weights: {digests}")
+    return digests
+
+
+def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
+    """Model, loss module, dataset and exporter of the configured task."""
+    from .models import (export_pipeline, load_pipeline, load_vae, max_sequence_length, measure_latent_statistics,
+                         prepare_transformer)
+    from .objectives import AutoencoderLoss, FlowMatchingLoss
+
+    d, t = config.data, config.training
+    device = accelerator.device
+    if config.task == "autoencoder":
+        vae = load_vae(config).to(device)
+        vae.requires_grad_(True)
+        if config.autoencoder.mid_attention == "identity":
+            _attention_as_identity(vae.encoder.mid_block, vae.decoder.mid_block)
+        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
+        module = AutoencoderLoss(vae, reconstruction=config.autoencoder.reconstruction,
+                                 kl_weight=config.autoencoder.kl_weight,
+                                 sample_posterior=config.autoencoder.sample_posterior)
+
+        def export(path: Path):
+            stats_set = VideoCaptionDataset(clips, d.num_frames, d.height, d.width)
+            mean, std = measure_latent_statistics(vae, stats_set, config.autoencoder.statistics_clips, t.batch_size,
+                                                  device)
+            vae.register_to_config(latents_mean=mean, latents_std=std)
+            vae.save_pretrained(str(path))
+
+        return {"module": module, "dataset": dataset, "export": export, "processors": {}, "vae": vae}
+
+    pipe = load_pipeline(config)
+    msl = max_sequence_length(config, pipe)
+    _warn_unknown_words(pipe.tokenizer, clips)
+    processors = prepare_transformer(config, pipe)
+    train_te = "text_encoder" in config.model.train
+    pipe.transformer.to(device)
+    # frozen parts run in the mixed-precision dtype; .to(dtype) only when it changes (diffusers warns otherwise)
+    for module, dtype in ((pipe.text_encoder, torch.float32 if train_te else weight_dtype), (pipe.vae, weight_dtype)):
+        module.to(device) if dtype == module.dtype else module.to(device, dtype)
+    empty = None
+    if d.cache_dir:
+        from .cache import empty_prompt_embeds, prepare_cache
+
+        text = None if train_te else {"encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+                                      "max_sequence_length": msl}
+        cache = prepare_cache(accelerator, Path(d.cache_dir), clips, pipe.vae, d, text, t.batch_size)
+        dataset = CachedLatentDataset(cache, clips, msl)
+        if text is not None:
+            empty = empty_prompt_embeds(text, device)
+    else:
+        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
+    module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
+                              max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
+                              empty_embeds=empty)
+    return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
+            "export": lambda path: export_pipeline(config, pipe, path, msl)}
+
+
+def _attention_as_identity(*blocks) -> None:
+    """Zero and freeze the output projection of every attention layer in ``blocks``: each becomes the identity
+    (``x + proj(...) = x``) while the saved weights stay a standard AutoencoderKLWan. At the default model's
+    width (8 base channels) the randomly initialised single-head mid-block attention averages the image into
+    the background colour, and the autoencoder learns nothing about the objects for hundreds of steps; without it
+    the same run reconstructs them."""
+    for block in blocks:
+        for attention in getattr(block, "attentions", []):
+            torch.nn.init.zeros_(attention.proj.weight)
+            torch.nn.init.zeros_(attention.proj.bias)
+            attention.requires_grad_(False)
+
+
+def _warn_unknown_words(tokenizer, clips) -> None:
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    if vocab is None or len(vocab) > 5000:  # only word-level vocabularies can be checked word by word
+        return
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    unknown = sorted({w for c in clips for w in prompt_clean(c.caption).lower().split() if w not in vocab})
+    if unknown:
+        logger.warning("caption words outside the tokenizer's vocabulary become <unk>: %s", ", ".join(unknown[:20]))
+
+
+@torch.no_grad()
+def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, folder: Path) -> None:
+    """Validation videos from the main process (EMA weights when EMA is on); the others wait."""
+    from ..video import to_uint8, write_video
+
+    v = config.validation
+    if accelerator.is_main_process:
+        context = ema.applied(trainable) if ema is not None else contextlib.nullcontext()
+        task["module"].eval()
+        if "pipe" in task:
+            task["pipe"].set_progress_bar_config(disable=True)
+        with context, accelerator.autocast():
+            folder.mkdir(parents=True, exist_ok=True)
+            if config.task == "autoencoder":
+                vae, dataset = task["vae"], task["dataset"]
+                for i in range(min(v.clips, len(dataset))):
+                    x = dataset[i]["video"][None].to(accelerator.device, vae.dtype)
+                    recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+                    pair = torch.cat([x, recon], dim=-1)[0].permute(1, 2, 3, 0).float()
+                    write_video(folder / f"reconstruction-{i:02d}.mp4", to_uint8((pair + 1) / 2), fps=v.fps,
+                                overwrite=True)
+            else:
+                pipe, d = task["pipe"], config.data
+                for i, prompt in enumerate(v.prompts):
+                    generator = torch.Generator().manual_seed(v.seed + i)
+                    frames = pipe(prompt, height=d.height, width=d.width, num_frames=d.num_frames,
+                                  num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
+                                  generator=generator, max_sequence_length=task["msl"], output_type="np").frames[0]
+                    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60]
+                    write_video(folder / f"{i:02d}-{slug}.mp4", frames, fps=v.fps, overwrite=True)
+        task["module"].train()
+        for processor in task["processors"].values():  # densities of sampling are not training statistics
+            processor.reset_stats()
+    accelerator.wait_for_everyone()
