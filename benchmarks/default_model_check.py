@@ -3,13 +3,15 @@
     python benchmarks/default_model_check.py                       # embedded model, 48 prompts x 2 seeds
     python benchmarks/default_model_check.py --model runs/default/final --seeds 1
     python benchmarks/default_model_check.py --ground-truth        # the detector on rendered clips instead
+    python benchmarks/default_model_check.py --autoencoder         # rendered clips through the model's VAE
 
 Prompts: every color x shape x direction ("a red circle moves right"). Each clip is read by
 `vmoba.training.shapes.detect_clip` (foreground = saturated pixels; color = nearest palette hue of their mean;
 direction = sign of the dominant axis of the centroid's motion). A clip counts as correct when color and
 direction both match the prompt; shape (from how much of its bounding box the foreground fills) is reported
 beside it. ``--ground-truth`` renders the clips with the dataset generator and writes them through H.264, so
-the detector's own accuracy is measured on the same path.
+the detector's own accuracy is measured on the same path. ``--autoencoder`` sends those rendered clips through
+the model's VAE (encode, decode): the accuracy the transformer could reach at best with this VAE.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def ground_truth_clip(item: dict, seed: int, frames: int, size: int) -> np.ndarr
         return read_video(path)
 
 
+@torch.no_grad()
+def reconstruct(vae, video: np.ndarray) -> np.ndarray:
+    """uint8 ``(F, H, W, 3)`` through the VAE (posterior mean), back to uint8."""
+    x = torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    out = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mean).sample.float().clamp(-1, 1)
+    return ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder (default: the embedded default model)")
@@ -56,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--attention", choices=["vmoba", "dense"], default="vmoba")
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
+    parser.add_argument("--autoencoder", action="store_true",
+                        help="measure the detector on rendered clips reconstructed by the model's VAE")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--save-videos", help="also write every clip as MP4 into this folder")
@@ -74,7 +86,13 @@ def main(argv=None) -> int:
     prompts = prompt_grid()[: args.limit]
     size, frames = DEFAULT_SIZE["height"], DEFAULT_SIZE["num_frames"]
     pipe = None
-    if not args.ground_truth:
+    if args.ground_truth and args.autoencoder:
+        parser.error("--ground-truth and --autoencoder are two different measurements: give one")
+    if args.autoencoder:
+        pipe = load_default_pipeline(args.model)
+        vae = pipe.vae
+        pipe = None
+    if not args.ground_truth and not args.autoencoder:
         pipe = load_default_pipeline(args.model)
         if not pipe.vmoba_trained:
             print("note: the default model has random weights; expect chance-level accuracy", file=sys.stderr)
@@ -87,6 +105,8 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             if pipe is None:
                 video = ground_truth_clip(item, seed, frames, size)
+                if args.autoencoder:
+                    video = reconstruct(vae, video)
             else:
                 video = pipe(item["prompt"], height=size, width=size, num_frames=frames,
                              num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -123,7 +143,7 @@ def main(argv=None) -> int:
                           "shape": rate("shape_ok", subset)})
     print_table(table, [("group", "prompts with", "{}"), ("clips", "clips", "{}"), ("correct", "color+direction", "{:.0%}"),
                         ("color", "color", "{:.0%}"), ("direction", "direction", "{:.0%}"), ("shape", "shape", "{:.0%}")])
-    mode = "ground_truth" if args.ground_truth else f"model_{args.attention}"
+    mode = "ground_truth" if args.ground_truth else "autoencoder" if args.autoencoder else f"model_{args.attention}"
     print(f"\n{mode}: accuracy (color and direction match the prompt) {summary['accuracy']:.1%} over {len(rows)} clips; "
           f"color {summary['color_accuracy']:.1%}, direction {summary['direction_accuracy']:.1%}, "
           f"shape {summary['shape_accuracy']:.1%}; {summary['seconds_per_clip']} s per clip")
