@@ -92,6 +92,41 @@ def test_flow_matching_loss_is_the_rectified_flow_velocity_error():
     torch.testing.assert_close(loss, torch.mean((prediction - (noise - x0)) ** 2), rtol=1e-4, atol=1e-5)
 
 
+def test_posterior_mean_latents_ignore_the_posterior_spread():
+    pipe = build_default_pipeline(seed=2)
+    x0 = torch.randn(2, 16, 2, 8, 8)
+    losses = {}
+    for posterior in ("sample", "mean"):
+        loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer,
+                                   train_text_encoder=False, max_sequence_length=16, caption_dropout=0.0,
+                                   flow=FlowSettings(posterior=posterior))
+        for logvar in (-200.0, 0.0):
+            batch = {"latent_mean": x0, "latent_logvar": torch.full_like(x0, logvar), "caption": ["a red box"] * 2}
+            with torch.no_grad():
+                losses[posterior, logvar] = loss_fn(batch, torch.Generator().manual_seed(0)).item()
+    assert losses["mean", -200.0] == losses["mean", 0.0]  # mean: the spread is not used
+    assert losses["sample", 0.0] != losses["sample", -200.0]  # sample: a unit spread changes the latents
+
+
+def test_autoencoder_options_mean_decoding_and_identity_attention():
+    from vmoba.training.objectives import AutoencoderLoss
+    from vmoba.training.trainer import _attention_as_identity
+
+    vae = build_default_pipeline(seed=3).vae
+    _attention_as_identity(vae.encoder.mid_block, vae.decoder.mid_block)
+    attention = vae.decoder.mid_block.attentions[0]
+    assert not any(p.requires_grad for p in attention.parameters())
+    x = torch.randn(1, attention.dim, 1, 4, 4)
+    torch.testing.assert_close(attention(x), x, rtol=0, atol=0)
+
+    video = {"video": torch.rand(1, 3, 5, 32, 32) * 2 - 1}
+    with torch.no_grad():
+        for sample, same in ((False, True), (True, False)):
+            loss = AutoencoderLoss(vae, reconstruction="mse", kl_weight=0.0, sample_posterior=sample)
+            a, b = (loss(video, torch.Generator().manual_seed(s)).item() for s in (0, 1))
+            assert (a == b) is same
+
+
 def test_batch_order_shards_epochs_without_overlap_and_is_resumable():
     order = BatchOrder(10, batch_size=2, world_size=2, seed=7)
     assert order.batches_per_epoch == 2

@@ -57,6 +57,9 @@ def test_minimal_config_and_defaults():
     ("attention.vmoba", {"dense_steps": 3}, "attention.vmoba.dense_steps counts denoising steps"),
     ("validation.every", 10, "validation.prompts must list at least one prompt"),
     ("flow.timestep_sampling", "beta", "flow.timestep_sampling must be one of uniform, logit_normal"),
+    ("flow.posterior", "mode", "flow.posterior must be one of sample, mean"),
+    ("autoencoder.mid_attention", "off", "autoencoder.mid_attention must be one of train, identity"),
+    ("autoencoder.sample_posterior", "no", "autoencoder.sample_posterior must be true or false"),
     ("data", ["root"], "data must be a mapping"),
 ])
 def test_bad_fields_are_named(path, value, message):
