@@ -127,6 +127,24 @@ def test_autoencoder_options_mean_decoding_and_identity_attention():
             assert (a == b) is same
 
 
+def test_cache_key_ignores_where_the_vae_was_loaded_from(tmp_path, data):
+    from vmoba.training.data import cache_key
+
+    vae = build_default_pipeline(seed=5).vae
+    vae.save_pretrained(str(tmp_path / "vae"))
+    from diffusers import AutoencoderKLWan
+
+    (tmp_path / "x").mkdir()
+    a = AutoencoderKLWan.from_pretrained(str(tmp_path / "vae"), local_files_only=True)
+    b = AutoencoderKLWan.from_pretrained(str(tmp_path / "x" / ".." / "vae"), local_files_only=True)
+    assert a.config._name_or_path != b.config._name_or_path
+    settings = _config(tmp_path, data).data
+    clips = read_clips(settings.root)
+    assert cache_key(clips, a, settings, None) == cache_key(clips, b, settings, None)
+    changed = AutoencoderKLWan.from_config({**a.config, "z_dim": 8})
+    assert cache_key(clips, changed, settings, None)["vae_config"] != cache_key(clips, a, settings, None)["vae_config"]
+
+
 def test_batch_order_shards_epochs_without_overlap_and_is_resumable():
     order = BatchOrder(10, batch_size=2, world_size=2, seed=7)
     assert order.batches_per_epoch == 2

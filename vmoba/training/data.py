@@ -235,7 +235,9 @@ def cache_key(clips: list[Clip], vae, data_settings, text: dict | None) -> dict:
         return w.hexdigest()[:16]
 
     key = {"clips": h.hexdigest()[:16], "count": len(clips), "vae": weights_hash(vae),
-           "vae_config": json.loads(json.dumps(dict(vae.config), default=str)),
+           # the architecture, not diffusers' bookkeeping (_name_or_path is the folder it was loaded from)
+           "vae_config": json.loads(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")},
+                                               default=str)),
            "frames": [data_settings.num_frames, data_settings.height, data_settings.width]}
     if text is not None:
         key["text_encoder"] = weights_hash(text["encoder"])
