@@ -85,14 +85,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     prompts = prompt_grid()[: args.limit]
     size, frames = DEFAULT_SIZE["height"], DEFAULT_SIZE["num_frames"]
-    pipe = None
+    pipe = vae = None
     if args.ground_truth and args.autoencoder:
         parser.error("--ground-truth and --autoencoder are two different measurements: give one")
     if args.autoencoder:
-        pipe = load_default_pipeline(args.model)
-        vae = pipe.vae
-        pipe = None
-    if not args.ground_truth and not args.autoencoder:
+        vae = load_default_pipeline(args.model).vae
+    elif not args.ground_truth:
         pipe = load_default_pipeline(args.model)
         if not pipe.vmoba_trained:
             print("note: the default model has random weights; expect chance-level accuracy", file=sys.stderr)
@@ -105,7 +103,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             if pipe is None:
                 video = ground_truth_clip(item, seed, frames, size)
-                if args.autoencoder:
+                if vae is not None:
                     video = reconstruct(vae, video)
             else:
                 video = pipe(item["prompt"], height=size, width=size, num_frames=frames,

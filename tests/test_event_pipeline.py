@@ -16,14 +16,7 @@ from vmoba.pipelines.event_to_video import DEFAULT_WEIGHTS, build_denoiser, buil
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "events_eval.json")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are tiny: on a loaded 2-core machine, intra-op threads spend their time synchronising
-    # (the shipped-checkpoint check took 526 s with 2 threads against about 20 s with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pipeline(seed=0, residual_scale=4.0):

@@ -23,13 +23,7 @@ def _run(pipe, seed=0):
     return pipe("a red circle moves right", generator=torch.Generator().manual_seed(seed), **CALL).frames[0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: on a loaded 2-core machine two intra-op threads made these tests 100x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,15 @@ def sample_sigmas(n: int, generator: torch.Generator, *, shift: float, sampling:
     return shift * u / (1 + (shift - 1) * u)
 
 
+def posterior_latents(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator, *,
+                      sample: bool) -> torch.Tensor:
+    """The posterior mean, or a sample ``mean + exp(logvar / 2) * noise`` with noise drawn from ``generator``."""
+    if not sample:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * noise
+
+
 def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(mean, std)`` of the VAE config, shaped to broadcast over ``(B, C, T, H, W)``."""
     z = vae.config.z_dim
@@ -78,10 +87,7 @@ class FlowMatchingLoss(nn.Module):
             with torch.no_grad():
                 posterior = vae.encode(batch["video"].to(vae.dtype)).latent_dist
             mean, logvar = posterior.mean, posterior.logvar
-        z = mean
-        if self.flow.posterior == "sample":
-            noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
-            z = mean + torch.exp(0.5 * logvar) * noise
+        z = posterior_latents(mean, logvar, generator, sample=self.flow.posterior == "sample")
         return ((z.float() - self.latents_mean) / self.latents_std)
 
     def text(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -135,10 +141,7 @@ class AutoencoderLoss(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x = batch["video"].to(self.vae.dtype)
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.mean
-        if self.sample_posterior:
-            noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device, posterior.mean.dtype)
-            z = posterior.mean + posterior.std * noise
+        z = posterior_latents(posterior.mean, posterior.logvar, generator, sample=self.sample_posterior)
         recon = self.vae.decode(z).sample
         error = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
         loss = error(recon.float(), x.float())
