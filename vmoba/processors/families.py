@@ -47,6 +47,16 @@ def _module_helper(attn, name: str, fallback_module: str):
     return getattr(__import__(fallback_module, fromlist=[name]), name)
 
 
+def _project(attn, x, to_q, to_k, to_v, norm_q, norm_k):
+    """Query, key and value (B, S, H, D) of one stream, with the optional per-head query/key norms."""
+    query, key, value = (proj(x).unflatten(2, (attn.heads, -1)) for proj in (to_q, to_k, to_v))
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value
+
+
 def _rotate_interleaved(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
     """Wan's rotary embedding on (B, S, H, D): channel pairs (2i, 2i+1) rotate by the angle of channel 2i."""
     even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -165,13 +175,7 @@ class HunyuanVideo(Family):
         joint = attn.add_q_proj is None and encoder_hidden_states is not None
         if joint:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(attn, hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
         if joint:
             query = torch.cat([apply_rotary_emb(query[:, :n_video], rotary, sequence_dim=1), query[:, n_video:]], 1)
             key = torch.cat([apply_rotary_emb(key[:, :n_video], rotary, sequence_dim=1), key[:, n_video:]], 1)
@@ -179,13 +183,9 @@ class HunyuanVideo(Family):
             query = apply_rotary_emb(query, rotary, sequence_dim=1)
             key = apply_rotary_emb(key, rotary, sequence_dim=1)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
+            encoder_query, encoder_key, encoder_value = _project(
+                attn, encoder_hidden_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
+                attn.norm_added_q, attn.norm_added_k)
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
