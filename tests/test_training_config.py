@@ -90,6 +90,14 @@ def test_yaml_file_paths_are_relative_to_the_file(tmp_path):
     c = load_config(path)
     assert c.data.root == str(tmp_path / "recipes/data") and c.training.output_dir == str(tmp_path / "recipes/out")
     assert c.model.vae == str(tmp_path / "recipes/../vae")
+    # the run's record keeps the paths as the file wrote them, and says which file
+    record = c.record()
+    assert record["config_file"] == "train.yaml" and record["model"]["vae"] == os.path.join("..", "vae")
+    assert record["data"]["root"] == "data" and record["training"]["output_dir"] == "out"
+    assert record["model"]["pretrained"] == "default" and c.model.vae == str(tmp_path / "recipes/../vae")
+    absolute = tmp_path / "elsewhere"
+    path.write_text(yaml.safe_dump({**MINIMAL, "model": {"pretrained": str(absolute)}}))
+    assert load_config(path).record()["model"]["pretrained"] == os.path.join("..", "elsewhere")
     path.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
         load_config(path)

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -137,6 +139,17 @@ class TrainConfig:
         data.pop("source")
         return data
 
+    def record(self) -> dict[str, Any]:
+        """The settings as a run's record (training.json): a config read from a file keeps its paths relative to
+        that file, as it wrote them, so the record names no one's folders; ``config_file`` is the file's name."""
+        record = copy.deepcopy(self)
+        if Path(record.source).is_file():
+            base = Path(record.source).resolve().parent
+            for obj, name, value in _paths(record):
+                if Path(value).is_absolute():
+                    setattr(obj, name, os.path.relpath(value, base))
+        return {"config_file": Path(self.source).name, **record.to_dict()}
+
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections: what a resumed run must share with the one it continues."""
         data = self.to_dict()
@@ -163,16 +176,20 @@ def load_config(path: str | Path) -> TrainConfig:
     config = config_from_dict(data, source=str(path))
     base = path.resolve().parent
     # relative paths in the file are relative to the file, so a recipe runs from any working directory
-    for section, name in (("data", "root"), ("data", "cache_dir"), ("training", "output_dir"), ("model", "vae")):
+    for obj, name, value in _paths(config):
+        if not Path(value).is_absolute():
+            setattr(obj, name, str(base / value))
+    return config
+
+
+def _paths(config: TrainConfig):
+    """``(section, field, value)`` of every setting that holds a file system path (not "default" / "latest")."""
+    for section, name in (("data", "root"), ("data", "cache_dir"), ("training", "output_dir"), ("model", "vae"),
+                          ("model", "pretrained"), ("training", "resume_from")):
         obj = getattr(config, section)
         value = getattr(obj, name)
-        if value and not Path(value).is_absolute():
-            setattr(obj, name, str(base / value))
-    if config.model.pretrained != "default" and not Path(config.model.pretrained).is_absolute():
-        config.model.pretrained = str(base / config.model.pretrained)
-    if config.training.resume_from not in (None, "latest") and not Path(config.training.resume_from).is_absolute():
-        config.training.resume_from = str(base / config.training.resume_from)
-    return config
+        if value and value not in ("default", "latest"):
+            yield obj, name, value
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:

@@ -219,7 +219,7 @@ def run(config: TrainConfig) -> Path | None:
         partial = out / "final.partial"
         task["export"](partial)
         (partial / "training.json").write_text(json.dumps(
-            {"config": config.to_dict(), "steps": state.step, "processes": accelerator.num_processes,
+            {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
              "weights_sha256_per_process": digests,
              "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
         partial.rename(final)
