@@ -276,6 +276,8 @@ def test_exported_pipeline_loads_with_its_text_length_and_ema_weights(tmp_path, 
     assert pipe.vmoba_trained and pipe.config.max_sequence_length == DEFAULT_MAX_SEQUENCE_LENGTH
     report = json.loads((final / "training.json").read_text())
     assert report["steps"] == 3 and len(report["weights_sha256_per_process"]) == 1
+    # no file of the export names the folder a component was loaded from
+    assert not [p for p in final.rglob("*.json") if "_name_or_path" in p.read_text()]
     # the exported weights are the EMA average, which after 3 steps differs from the last iterate
     from safetensors.torch import load_file
 
@@ -333,6 +335,7 @@ def test_autoencoder_task_saves_a_vae_whose_latents_its_statistics_normalise(tmp
     torch.testing.assert_close(normalised.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(normalised.std(dim=(0, 2, 3, 4), unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
     assert read_video(tmp_path / "run/samples/final/reconstruction-00.mp4").shape == (5, 32, 64, 3)
+    assert "_name_or_path" not in (final / "config.json").read_text()
 
 
 def test_gradient_checkpointing_changes_memory_not_the_math(tmp_path, data):

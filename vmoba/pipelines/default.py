@@ -1,9 +1,10 @@
 """The embedded default text-to-video pipeline: a tiny Wan-architecture model built fully offline.
 
 Components come from config dicts (no hub access): a Wan transformer, a Wan VAE, a UMT5 text encoder and
-a word-level tokenizer whose vocabulary covers plain descriptions of moving shapes. Until trained weights
-ship inside the package (`vmoba/weights/default/`), the weights are random and seeded: the pipeline runs
-end to end, fast, on a CPU, but its videos are noise. `load_default_pipeline` says which one you got.
+a word-level tokenizer whose vocabulary covers plain descriptions of moving shapes. The trained weights ship
+inside the package (`vmoba/weights/default/`, recipes/default/ made them); `build_default_pipeline` gives the
+same architecture with seeded random weights, and `load_default_pipeline` falls back to it, with a warning,
+when the weights are missing. ``pipe.vmoba_trained`` says which one you got.
 """
 
 from __future__ import annotations

@@ -163,7 +163,18 @@ def export_pipeline(config: TrainConfig, pipe, out: Path, msl: int) -> None:
     elif msl != 512:
         logger.warning("trained with max_sequence_length=%d: pass max_sequence_length=%d to the pipeline call",
                        msl, msl)
-    pipe.save_pretrained(str(out))
+    save_pretrained(pipe, out)
+
+
+def save_pretrained(obj, out: Path) -> None:
+    """``obj.save_pretrained(out)`` without diffusers' ``_name_or_path`` entries: they record the folder the
+    model was loaded from on this machine, which means nothing to whoever loads the saved copy."""
+    obj.save_pretrained(str(out))
+    for path in [Path(out) / "model_index.json", Path(out) / "config.json", *Path(out).glob("*/config.json")]:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()

@@ -248,7 +248,7 @@ def _check_replicas(accelerator, trainable) -> list[str]:
 def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     """Model, loss module, dataset and exporter of the configured task."""
     from .models import (export_pipeline, load_pipeline, load_vae, max_sequence_length, measure_latent_statistics,
-                         prepare_transformer)
+                         prepare_transformer, save_pretrained)
     from .objectives import AutoencoderLoss, FlowMatchingLoss
 
     d, t = config.data, config.training
@@ -268,7 +268,7 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
             mean, std = measure_latent_statistics(vae, stats_set, config.autoencoder.statistics_clips, t.batch_size,
                                                   device)
             vae.register_to_config(latents_mean=mean, latents_std=std)
-            vae.save_pretrained(str(path))
+            save_pretrained(vae, path)
 
         return {"module": module, "dataset": dataset, "export": export, "processors": {}, "vae": vae}
 
