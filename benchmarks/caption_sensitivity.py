@@ -40,7 +40,8 @@ def main(argv=None) -> int:
 
     from vmoba.pipelines import load_default_pipeline
     from vmoba.pipelines.default import DEFAULT_SIZE
-    from vmoba.training.objectives import encode_tokens, latent_statistics, tokenize
+    from vmoba.training.config import FlowSettings
+    from vmoba.training.objectives import FlowMatchingLoss, velocity_error
     from vmoba.training.shapes import clip_spec, render_clip
 
     if args.threads:
@@ -49,38 +50,33 @@ def main(argv=None) -> int:
     if not pipe.vmoba_trained:
         print("note: the default model has random weights; every caption is as good as any other", file=sys.stderr)
     size, frames = DEFAULT_SIZE["height"], DEFAULT_SIZE["num_frames"]
+    # the training objective's own latents and text embeddings (posterior means, no caption dropout)
+    objective = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer,
+                                 train_text_encoder=False, max_sequence_length=pipe.config.max_sequence_length,
+                                 caption_dropout=0.0, flow=FlowSettings(posterior="mean"))
+    generator = torch.Generator().manual_seed(0)
     # held-out clips: another generator seed than the dataset recipe's (seed 0)
     specs = [clip_spec(i, frames=frames, size=size, seed=12345) for i in range(args.clips)]
+
+    def caption(spec, swap: str | None) -> str:
+        if swap == "empty":
+            return ""
+        words = {"color": spec.color, "shape": spec.shape, "direction": spec.direction}
+        if swap:
+            words[swap] = SWAP[swap][words[swap]]
+        return f"a {words['color']} {words['shape']} moves {words['direction']}"
+
+    variants = [None, "color", "shape", "direction", "empty"]
     with torch.no_grad():
         video = torch.from_numpy(np.stack([render_clip(s, frames=frames, size=size) for s in specs]))
-        video = video.float().permute(0, 4, 1, 2, 3) / 127.5 - 1
-        mean, std = latent_statistics(pipe.vae)
-        x0 = (pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mean.float() - mean) / std
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-
-        def caption(spec, swap: str | None) -> str:
-            if swap == "empty":
-                return ""
-            words = {"color": spec.color, "shape": spec.shape, "direction": spec.direction}
-            if swap:
-                words[swap] = SWAP[swap][words[swap]]
-            return f"a {words['color']} {words['shape']} moves {words['direction']}"
-
-        variants = [None, "color", "shape", "direction", "empty"]
-        contexts = {}
-        for v in variants:
-            ids, mask = tokenize(pipe.tokenizer, [caption(s, v) for s in specs], pipe.config.max_sequence_length)
-            contexts[v] = encode_tokens(pipe.text_encoder, ids, mask).to(pipe.transformer.dtype)
+        x0 = objective.latents({"video": video.float().permute(0, 4, 1, 2, 3) / 127.5 - 1}, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        contexts = {v: objective.text({"caption": [caption(s, v) for s in specs]}, generator) for v in variants}
         rows = []
         for sigma in args.sigmas:
-            noisy = ((1 - sigma) * x0 + sigma * noise).to(pipe.transformer.dtype)
-            timestep = torch.full((len(specs),), sigma * 1000)
-            row = {"sigma": sigma}
-            for v in variants:
-                prediction = pipe.transformer(hidden_states=noisy, timestep=timestep,
-                                              encoder_hidden_states=contexts[v], return_dict=False)[0]
-                row[v or "caption"] = torch.nn.functional.mse_loss(prediction.float(), noise - x0).item()
-            rows.append(row)
+            sigmas = torch.full((len(specs),), sigma)
+            rows.append({"sigma": sigma, **{v or "caption": velocity_error(pipe.transformer, x0, contexts[v], sigmas,
+                                                                           noise).item() for v in variants}})
 
     columns = [("sigma", "noise level", "{:.2f}"), ("caption", "true caption", "{:.4f}")]
     columns += [(v, f"{v} swapped" if v != "empty" else "empty caption", "{:.4f}") for v in variants[1:]]

@@ -49,6 +49,18 @@ def posterior_latents(mean: torch.Tensor, logvar: torch.Tensor, generator: torch
     return mean + torch.exp(0.5 * logvar) * noise
 
 
+def velocity_error(transformer, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the transformer's velocity prediction: ``x0`` noised to ``x_s = (1 - s) x0 + s noise``
+    at the per-clip noise levels ``sigmas`` (timestep ``1000 s``), target ``noise - x0``."""
+    s = sigmas.view(-1, *([1] * (x0.dim() - 1)))
+    noisy = (1 - s) * x0 + s * noise
+    dtype = transformer.dtype
+    prediction = transformer(hidden_states=noisy.to(dtype), timestep=sigmas * 1000,
+                             encoder_hidden_states=context.to(dtype), return_dict=False)[0]
+    return F.mse_loss(prediction.float(), (noise - x0).float())
+
+
 def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(mean, std)`` of the VAE config, shaped to broadcast over ``(B, C, T, H, W)``."""
     z = vae.config.z_dim
@@ -114,12 +126,7 @@ class FlowMatchingLoss(nn.Module):
         s = sample_sigmas(x0.shape[0], generator, shift=f.shift, sampling=f.timestep_sampling,
                           logit_mean=f.logit_mean, logit_std=f.logit_std).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        s_ = s.view(-1, 1, 1, 1, 1)
-        noisy = (1 - s_) * x0 + s_ * noise
-        dtype = self.transformer.dtype
-        prediction = self.transformer(hidden_states=noisy.to(dtype), timestep=s * 1000,
-                                      encoder_hidden_states=context.to(dtype), return_dict=False)[0]
-        return F.mse_loss(prediction.float(), (noise - x0).float())
+        return velocity_error(self.transformer, x0, context, s, noise)
 
 
 class AutoencoderLoss(nn.Module):
