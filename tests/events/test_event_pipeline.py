@@ -13,7 +13,7 @@ from vmoba.events.train import ResidualTrainingLoss
 from vmoba.pipelines import EventToVideoPipeline
 from vmoba.pipelines.event_to_video import DEFAULT_WEIGHTS, build_denoiser, build_scheduler
 
-RESULTS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "events_eval.json")
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "events_eval.json")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
