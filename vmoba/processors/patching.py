@@ -9,7 +9,8 @@ import torch
 
 from ..config import VMoBAConfig, as_config
 from .grid import grid_from_inputs, model_family, supported_models, timestep_of
-from .processor import CallContext, VMoBAProcessor
+from .base import CallContext
+from .processor import VMoBAProcessor
 
 _STATE = "_vmoba_state"
 
