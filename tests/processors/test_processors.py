@@ -111,3 +111,18 @@ def test_backend_choice_reaches_the_dense_paths():
     run_model(model, inputs)
     cross = proc._defaults[("wan", type(model.blocks[0].attn2._default_processor_cls()))]
     assert cross._attention_backend == proc._attention_backend
+
+
+def test_a_generic_attention_of_no_supported_family_is_refused_by_name():
+    from diffusers.models.attention_processor import Attention
+
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    x = torch.randn(1, 6, 16)
+    for proc in (VMoBAProcessor(), vmoba.CrissCrossAttnProcessor()):
+        attn.set_processor(proc)
+        with pytest.raises(TypeError, match=r"cannot tell which video model this Attention.*vmoba\.enable") as err:
+            attn(x, encoder_hidden_states=torch.randn(1, 3, 16))
+        assert "cogvideox" not in str(err.value).split("(supported")[0]
+    # told the family, it runs as that family
+    attn.set_processor(VMoBAProcessor(SPARSE, family="cogvideox", grid=(1, 2, 3)))
+    assert attn(x, encoder_hidden_states=torch.randn(1, 3, 16))[0].shape == x.shape

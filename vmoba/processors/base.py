@@ -15,7 +15,7 @@ from ..config import VMoBAConfig, as_config
 from ..crisscross import criss_cross_attention
 from ..partition import get_partition, validate_grid
 from ..selection import BlockSelection
-from .families import FAMILY_ADAPTERS, family_of_attention
+from .families import FAMILY_NAMES, Family, family_named, family_of_attention
 from .grid import grid_from_rotary
 
 
@@ -71,9 +71,8 @@ class AttentionProcessor:
                  grid: Sequence[int] | None = None, family: str | None = None, capture: bool = False):
         self.config = as_config(config)
         self.grid = validate_grid(grid) if grid is not None else None
-        if family is not None and family not in FAMILY_ADAPTERS:
-            raise ValueError(f"family must be one of {sorted(FAMILY_ADAPTERS)}, got {family!r}")
         self.family = family
+        self._family = None if family is None else family_named(family)
         self.capture = capture
         self.captured: list[SelectionRecord] = []
         self.context: CallContext | None = None
@@ -109,11 +108,7 @@ class AttentionProcessor:
                  image_rotary_emb=None, **kwargs):
         # named, not left to **kwargs: diffusers' Attention drops keyword arguments a processor does not name
         rotary = rotary_emb if rotary_emb is not None else image_rotary_emb
-        family = self.family or family_of_attention(attn)
-        if family is None:
-            raise TypeError(f"{type(self).__name__} does not know attention modules of type {type(attn).__name__}; "
-                            f"supported families: {sorted(FAMILY_ADAPTERS)}")
-        adapter = FAMILY_ADAPTERS[family]
+        adapter = self._family_of(attn, encoder_hidden_states, rotary)
         if adapter.sparse_capable(attn, hidden_states, encoder_hidden_states, attention_mask, rotary) is not None:
             return self._call_default(adapter, attn, hidden_states, encoder_hidden_states, attention_mask, rotary,
                                       kwargs)
@@ -128,8 +123,7 @@ class AttentionProcessor:
             if grid is not None and scheme != "crisscross":
                 blocks = get_partition(grid, scheme, self.config.chunk_for_scheme(scheme)).num_blocks
             stats = AttentionStats(scheme, blocks, self.config.granularity, "dense", 1.0, reason)
-            text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-            self._record(layer, step, grid, stats, None, text_len)
+            self._record(layer, step, grid, stats, None, adapter.text_tokens(encoder_hidden_states))
             return self._call_default(adapter, attn, hidden_states, encoder_hidden_states, attention_mask, rotary,
                                       kwargs)
         grid = self._grid(adapter, hidden_states, encoder_hidden_states, rotary)
@@ -169,6 +163,15 @@ class AttentionProcessor:
         self.captured.append(SelectionRecord(step, layer, grid, scheme, block_ids, mask, text_len, stats.density,
                                              stats.dense_reason))
 
+    def _family_of(self, attn, encoder_hidden_states, rotary) -> Family:
+        family = self._family or family_of_attention(attn, encoder_hidden_states, rotary)
+        if family is None:
+            raise TypeError(
+                f"{type(self).__name__} cannot tell which video model this {type(attn).__name__} module belongs to "
+                f"(supported families: {', '.join(FAMILY_NAMES)}): install it with vmoba.enable(transformer, config), "
+                f"which knows the family from the transformer, or pass {type(self).__name__}(config, family=...)")
+        return family
+
     def _layer_of(self, attn) -> int:
         key = id(attn)
         if key not in self.layer_index:
@@ -205,7 +208,7 @@ class AttentionProcessor:
         if grid is None and self.context is not None and self.context.grid is not None:
             source, grid = "the transformer's latent input", self.context.grid
         if grid is None:
-            source, grid = "the rotary embedding", grid_from_rotary(rotary, n_video) if rotary is not None else None
+            source, grid = "the rotary embedding", grid_from_rotary(rotary, n_video, adapter.rotary_axes) if rotary is not None else None
         if grid is None:
             raise RuntimeError(
                 f"{type(self).__name__} cannot find the latent grid of this {adapter.name} attention layer "
