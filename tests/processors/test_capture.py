@@ -75,3 +75,17 @@ def test_selection_record_is_exported_and_frozen():
     record = vmoba.SelectionRecord(0, 0, GRID, "1d", None, None, 0, 1.0)
     with pytest.raises(AttributeError):
         record.step = 1
+
+
+@pytest.mark.parametrize("family, text_len, text_first", [("cogvideox", 6, True), ("hunyuan", 5, False)])
+def test_joint_attention_records_the_video_queries_only(monkeypatch, family, text_len, text_first):
+    model, inputs, n_layers = build(family)
+    seen = _spy_attention(monkeypatch)
+    proc = vmoba.VMoBAProcessor(SPARSE, capture=True)
+    model.set_attn_processor(proc)
+    run_model(model, inputs)
+    assert len(proc.captured) == len(seen) == n_layers
+    for record, (q, k, grid, layer) in zip(proc.captured, seen):
+        video = slice(text_len, None) if text_first else slice(None, -text_len)
+        assert record.text_len == text_len and record.grid == GRID
+        assert torch.equal(record.mask, vmoba.select_blocks(q[:, video], k[:, video], grid, layer, SPARSE))
