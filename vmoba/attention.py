@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .config import SCHEMES, VMoBAConfig, as_config
 from .kernels._triton import triton_unavailable_reason
 from .partition import get_partition, validate_grid
@@ -175,8 +176,7 @@ def attention_with_selection(
     check_qkv(q, k, v)
     B, S, H, D = q.shape
     grid = validate_grid(grid)
-    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
-        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    text_len = checks.integer("text_len", text_len, min=0, max=S - 1)
     n_video = S - text_len
     if math.prod(grid) != n_video:
         raise ValueError(
@@ -185,24 +185,15 @@ def attention_with_selection(
         )
     if config.validate_inputs:
         check_finite(q, k, v)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else checks.real("scale", scale, min=0.0, min_exclusive=True)
     scheme = config.scheme_for_layer(layer_idx)
     if scheme not in SCHEMES:
         raise ValueError(f"layer {layer_idx} runs {scheme!r} attention in config.layer_schedule, not a VMoBA scheme "
                          f"{SCHEMES}: use a processor (vmoba.VMoBAProcessor) for mixed schedules")
-    chunk = config.chunk_for_scheme(scheme)
-
-    if text_mask is not None:
-        if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
-            raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
-                             f"{text_mask.dtype} {tuple(text_mask.shape)}")
-        if not bool(text_mask.any(-1).all()):
-            raise ValueError("text_mask leaves a batch element with no valid text token")
-        if bool(text_mask.all()):
-            text_mask = None
+    text_mask = _valid_text_mask(text_mask, B, text_len)
+    part = get_partition(grid, scheme, config.chunk_for_scheme(scheme), q.device)
 
     reason = dense_reason(config, layer_idx, n_video, scheme=scheme) if fallback else None
-    part = get_partition(grid, scheme, chunk, q.device)
     if reason is not None:
         mask = None
         if text_mask is not None:
@@ -220,22 +211,8 @@ def attention_with_selection(
     else:
         qv, kv, vv = q, k, v
         qt = kt = vt = None
-
     selection = compute_selection(qv, kv, part, config, scheme, backend=backend)
-    if text_mask is None:
-        out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
-        out_t = dense_attention(qt, k, v, scale) if text_len else None
-    else:  # text keys differ per batch element: one element at a time
-        outs_v, outs_t = [], []
-        for b in range(B):
-            sel_b = BlockSelection(selection.partition, selection.tiles, selection.granularity, selection.mask[b : b + 1])
-            keep = text_mask[b]
-            kt_b, vt_b = kt[b : b + 1, keep], vt[b : b + 1, keep]
-            outs_v.append(_sparse_attention(qv[b : b + 1], kv[b : b + 1], vv[b : b + 1], sel_b, scale, kt_b, vt_b,
-                                            backend, config))
-            outs_t.append(dense_attention(qt[b : b + 1], torch.cat([kv[b : b + 1], kt_b], 1),
-                                          torch.cat([vv[b : b + 1], vt_b], 1), scale))
-        out_v, out_t = torch.cat(outs_v), torch.cat(outs_t)
+    out_v, out_t = _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection, scale, text_mask, backend, config)
     out = out_v if not text_len else torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
     stats = AttentionStats(
         scheme=scheme,
@@ -245,6 +222,36 @@ def attention_with_selection(
         density=float(selection.density().mean()),
     )
     return out, stats, selection
+
+
+def _valid_text_mask(text_mask: torch.Tensor | None, B: int, text_len: int) -> torch.Tensor | None:
+    """The checked ``[B, text_len]`` padding mask, or None when it keeps every text token."""
+    if text_mask is None:
+        return None
+    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
+        raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
+                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
+    if not bool(text_mask.any(-1).all()):
+        raise ValueError("text_mask leaves a batch element with no valid text token")
+    return None if bool(text_mask.all()) else text_mask
+
+
+def _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection: BlockSelection, scale, text_mask, backend, config):
+    """Outputs of the video queries (selected blocks plus every valid text key) and of the text queries (dense
+    over every valid key; ``k, v`` are the whole sequence)."""
+    if text_mask is None:
+        out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
+        return out_v, (dense_attention(qt, k, v, scale) if qt is not None else None)
+    outs_v, outs_t = [], []  # text keys differ per batch element: one element at a time
+    for b in range(qv.shape[0]):
+        sel_b = BlockSelection(selection.partition, selection.tiles, selection.granularity, selection.mask[b : b + 1])
+        keep = text_mask[b]
+        kt_b, vt_b = kt[b : b + 1, keep], vt[b : b + 1, keep]
+        outs_v.append(_sparse_attention(qv[b : b + 1], kv[b : b + 1], vv[b : b + 1], sel_b, scale, kt_b, vt_b,
+                                        backend, config))
+        outs_t.append(dense_attention(qt[b : b + 1], torch.cat([kv[b : b + 1], kt_b], 1),
+                                      torch.cat([vv[b : b + 1], vt_b], 1), scale))
+    return torch.cat(outs_v), torch.cat(outs_t)
 
 
 def _sparse_attention(q, k, v, selection: BlockSelection, scale, text_k, text_v, backend, config) -> torch.Tensor:

@@ -108,8 +108,7 @@ class VMoBAConfig:
     # -- helpers -----------------------------------------------------------------------------------------
 
     def scheme_for_layer(self, layer_idx: int) -> str:
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0:
-            raise ValueError(f"layer_idx must be a non-negative integer, got {layer_idx!r}")
+        layer_idx = checks.integer("layer_idx", layer_idx, min=0)
         return self.layer_schedule[layer_idx % len(self.layer_schedule)]
 
     def chunk_for_scheme(self, scheme: str) -> tuple[int, ...]:
