@@ -48,6 +48,20 @@ def test_dense_steps_follow_the_pipeline_step_with_expanded_timesteps():
         assert {r.grid for r in proc.captured} == {(2, 4, 4)}
 
 
+@pytest.mark.slow
+def test_a_pipeline_generates_with_a_mixed_schedule():
+    pipe = _tiny_wan22_i2v()
+    config = VMoBAConfig(layer_schedule=("crisscross", "2d"), threshold=0.2, **SMALL_CHUNKS)
+    (proc,) = vmoba.enable(pipe, config).values()
+    text = torch.randn(1, 8, 16)
+    image = Image.fromarray((torch.rand(32, 32, 3) * 255).to(torch.uint8).numpy())
+    latents = pipe(image=image, prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text), height=32,
+                   width=32, num_frames=5, num_inference_steps=2, guidance_scale=2.0, output_type="latent").frames
+    assert latents.shape == (1, 16, 2, 8, 8) and torch.isfinite(latents).all()
+    assert [proc.last_stats[i].scheme for i in range(2)] == ["crisscross", "2d"]
+    assert all(s.sparse for s in proc.last_stats.values())
+
+
 def test_a_model_alone_counts_steps_from_its_largest_timestep():
     model, inputs, _ = build("wan")
     (proc,) = vmoba.enable(model, VMoBAConfig(threshold=0.2, **SMALL_CHUNKS)).values()
