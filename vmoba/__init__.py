@@ -4,7 +4,7 @@ from .attention import AttentionStats, dense_attention, select_blocks, vmoba_att
 from .config import VMoBAConfig
 from .crisscross import CrissCrossAttention, CrissCrossAttention3D, RecurrentCrissCrossAttention, criss_cross_attention
 from .partition import BlockPartition, get_partition, partition_blocks
-from .processors import CrissCrossAttnProcessor, VMoBAProcessor, disable, enable
+from .processors import CrissCrossAttnProcessor, SelectionRecord, VMoBAProcessor, disable, enable
 from .selection import BlockSelection, compute_selection
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "CrissCrossAttention3D",
     "CrissCrossAttnProcessor",
     "RecurrentCrissCrossAttention",
+    "SelectionRecord",
     "VMoBAConfig",
     "VMoBAProcessor",
     "compute_selection",

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import VMoBAConfig, as_config
+from . import checks
+from .config import SCHEMES, VMoBAConfig, as_config
 from .kernels._triton import triton_unavailable_reason
 from .partition import get_partition, validate_grid
 from .selection import BlockSelection, compute_selection
@@ -85,11 +86,35 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return out.transpose(1, 2)
 
 
-def _split_text(x: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def split_text(x: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(text, video)`` parts of a ``(B, S, ...)`` sequence whose ``text_len`` text tokens come first
+    (``text_first``) or last."""
     if text_first:
         return x[:, :text_len], x[:, text_len:]
     S = x.shape[1]
     return x[:, S - text_len :], x[:, : S - text_len]
+
+
+_split_text = split_text  # the earlier private name, still imported by vmoba.crisscross
+
+
+def dense_reason(config: VMoBAConfig, layer_idx: int, n_video: int, *, scheme: str | None = None,
+                 step: int | None = None) -> str | None:
+    """Why an attention call runs exact dense attention instead of its sparse scheme, or None.
+
+    The one place that decides dense fallbacks, for `vmoba_attention` and every processor: ``dense_layers``,
+    ``min_tokens``, ``dense_steps`` (only when the denoising ``step`` is known) and, for the VMoBA schemes,
+    ``threshold=1.0`` (every block kept by definition; it means nothing to criss-cross attention).
+    """
+    if layer_idx in config.dense_layers:
+        return f"layer {layer_idx} is in dense_layers"
+    if n_video < config.min_tokens:
+        return f"{n_video} video tokens < min_tokens={config.min_tokens}"
+    if (scheme or config.scheme_for_layer(layer_idx)) != "crisscross" and config.is_dense():
+        return "threshold=1.0 keeps every block"
+    if step is not None and step < config.dense_steps:
+        return f"step {step} < dense_steps={config.dense_steps}"
+    return None
 
 
 def vmoba_attention(
@@ -124,12 +149,34 @@ def vmoba_attention(
     Returns:
         ``(B, S, H, D)`` in q's dtype, or ``(output, stats)`` with ``return_stats``.
     """
+    out, stats, _ = attention_with_selection(q, k, v, grid, layer_idx, config, text_len=text_len,
+                                             text_first=text_first, text_mask=text_mask, scale=scale)
+    return (out, stats) if return_stats else out
+
+
+def attention_with_selection(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: Sequence[int],
+    layer_idx: int,
+    config: VMoBAConfig | Mapping[str, Any] | None,
+    *,
+    text_len: int = 0,
+    text_first: bool = True,
+    text_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    fallback: bool = True,
+) -> tuple[torch.Tensor, AttentionStats, BlockSelection | None]:
+    """`vmoba_attention` that also returns the `BlockSelection` it attended with (None when it ran dense).
+
+    With ``fallback=False`` the caller has already decided (through `dense_reason`) that the call is sparse.
+    """
     config = as_config(config)
     check_qkv(q, k, v)
     B, S, H, D = q.shape
     grid = validate_grid(grid)
-    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
-        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    text_len = checks.integer("text_len", text_len, min=0, max=S - 1)
     n_video = S - text_len
     if math.prod(grid) != n_video:
         raise ValueError(
@@ -138,65 +185,35 @@ def vmoba_attention(
         )
     if config.validate_inputs:
         check_finite(q, k, v)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else checks.real("scale", scale, min=0.0, min_exclusive=True)
     scheme = config.scheme_for_layer(layer_idx)
-    chunk = config.chunk_for_scheme(scheme)
+    if scheme not in SCHEMES:
+        raise ValueError(f"layer {layer_idx} runs {scheme!r} attention in config.layer_schedule, not a VMoBA scheme "
+                         f"{SCHEMES}: use a processor (vmoba.VMoBAProcessor) for mixed schedules")
+    text_mask = _valid_text_mask(text_mask, B, text_len)
+    part = get_partition(grid, scheme, config.chunk_for_scheme(scheme), q.device)
 
-    if text_mask is not None:
-        if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
-            raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
-                             f"{text_mask.dtype} {tuple(text_mask.shape)}")
-        if not bool(text_mask.any(-1).all()):
-            raise ValueError("text_mask leaves a batch element with no valid text token")
-        if bool(text_mask.all()):
-            text_mask = None
-
-    dense_reason = None
-    if layer_idx in config.dense_layers:
-        dense_reason = f"layer {layer_idx} is in dense_layers"
-    elif n_video < config.min_tokens:
-        dense_reason = f"{n_video} video tokens < min_tokens={config.min_tokens}"
-    elif config.is_dense():
-        dense_reason = "threshold=1.0 keeps every block"
-    part = get_partition(grid, scheme, chunk, q.device)
-    if dense_reason is not None:
+    reason = dense_reason(config, layer_idx, n_video, scheme=scheme) if fallback else None
+    if reason is not None:
         mask = None
         if text_mask is not None:
             mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=q.device)
             text_cols = slice(0, text_len) if text_first else slice(S - text_len, S)
             mask[:, 0, 0, text_cols] = text_mask
         out = dense_attention(q, k, v, scale, mask)
-        if not return_stats:
-            return out
-        return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, dense_reason)
+        return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, reason), None
 
     backend = resolve_backend(config, q.device)
     if text_len:
-        qt, qv = _split_text(q, text_len, text_first)
-        kt, kv = _split_text(k, text_len, text_first)
-        vt, vv = _split_text(v, text_len, text_first)
+        qt, qv = split_text(q, text_len, text_first)
+        kt, kv = split_text(k, text_len, text_first)
+        vt, vv = split_text(v, text_len, text_first)
     else:
         qv, kv, vv = q, k, v
         qt = kt = vt = None
-
     selection = compute_selection(qv, kv, part, config, scheme, backend=backend)
-    if text_mask is None:
-        out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
-        out_t = dense_attention(qt, k, v, scale) if text_len else None
-    else:  # text keys differ per batch element: one element at a time
-        outs_v, outs_t = [], []
-        for b in range(B):
-            sel_b = BlockSelection(selection.partition, selection.tiles, selection.granularity, selection.mask[b : b + 1])
-            keep = text_mask[b]
-            kt_b, vt_b = kt[b : b + 1, keep], vt[b : b + 1, keep]
-            outs_v.append(_sparse_attention(qv[b : b + 1], kv[b : b + 1], vv[b : b + 1], sel_b, scale, kt_b, vt_b,
-                                            backend, config))
-            outs_t.append(dense_attention(qt[b : b + 1], torch.cat([kv[b : b + 1], kt_b], 1),
-                                          torch.cat([vv[b : b + 1], vt_b], 1), scale))
-        out_v, out_t = torch.cat(outs_v), torch.cat(outs_t)
+    out_v, out_t = _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection, scale, text_mask, backend, config)
     out = out_v if not text_len else torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
-    if not return_stats:
-        return out
     stats = AttentionStats(
         scheme=scheme,
         num_blocks=part.num_blocks,
@@ -204,7 +221,37 @@ def vmoba_attention(
         backend=backend,
         density=float(selection.density().mean()),
     )
-    return out, stats
+    return out, stats, selection
+
+
+def _valid_text_mask(text_mask: torch.Tensor | None, B: int, text_len: int) -> torch.Tensor | None:
+    """The checked ``[B, text_len]`` padding mask, or None when it keeps every text token."""
+    if text_mask is None:
+        return None
+    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
+        raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
+                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
+    if not bool(text_mask.any(-1).all()):
+        raise ValueError("text_mask leaves a batch element with no valid text token")
+    return None if bool(text_mask.all()) else text_mask
+
+
+def _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection: BlockSelection, scale, text_mask, backend, config):
+    """Outputs of the video queries (selected blocks plus every valid text key) and of the text queries (dense
+    over every valid key; ``k, v`` are the whole sequence)."""
+    if text_mask is None:
+        out_v = _sparse_attention(qv, kv, vv, selection, scale, kt, vt, backend, config)
+        return out_v, (dense_attention(qt, k, v, scale) if qt is not None else None)
+    outs_v, outs_t = [], []  # text keys differ per batch element: one element at a time
+    for b in range(qv.shape[0]):
+        sel_b = BlockSelection(selection.partition, selection.tiles, selection.granularity, selection.mask[b : b + 1])
+        keep = text_mask[b]
+        kt_b, vt_b = kt[b : b + 1, keep], vt[b : b + 1, keep]
+        outs_v.append(_sparse_attention(qv[b : b + 1], kv[b : b + 1], vv[b : b + 1], sel_b, scale, kt_b, vt_b,
+                                        backend, config))
+        outs_t.append(dense_attention(qt[b : b + 1], torch.cat([kv[b : b + 1], kt_b], 1),
+                                      torch.cat([vv[b : b + 1], vt_b], 1), scale))
+    return torch.cat(outs_v), torch.cat(outs_t)
 
 
 def _sparse_attention(q, k, v, selection: BlockSelection, scale, text_k, text_v, backend, config) -> torch.Tensor:

@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from . import checks
 
 SCHEMES = ("1d", "2d", "3d")
+LAYER_KINDS = SCHEMES + ("crisscross",)  # what a layer_schedule entry may name
 SELECT_MODES = ("threshold", "topk")
 THRESHOLD_TYPES = ("query_head", "head_global", "block", "overall")
 GRANULARITIES = ("token", "tile")
 BACKENDS = ("auto", "torch", "triton")
 
 
-def _int_tuple(name: str, value: Any, length: int | None) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        raise ValueError(f"VMoBAConfig.{name} must be integers, got {value!r}")
-    if isinstance(value, int):
-        value = (value,)
+def _field(check: Callable[..., Any], name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check`` on ``VMoBAConfig.<name>``; every bad value, of a wrong type too, is a ValueError naming the field
+    (the config's contract)."""
     try:
-        items = tuple(value)
-    except TypeError:
-        raise ValueError(f"VMoBAConfig.{name} must be a tuple of integers, got {value!r}") from None
-    if length is not None and len(items) != length:
-        raise ValueError(f"VMoBAConfig.{name} must have {length} entries, got {value!r}")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"VMoBAConfig.{name} must contain integers, got {value!r}")
-    return items
+        return check(f"VMoBAConfig.{name}", value, *args, **kwargs)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
 
 
 @dataclass(frozen=True)
 class VMoBAConfig:
     """Configuration of VMoBA block-sparse attention.
 
-    Block partition (layer ``i`` uses ``layer_schedule[i % len(layer_schedule)]``):
+    Block partition (layer ``i`` uses ``layer_schedule[i % len(layer_schedule)]``; an entry ``"crisscross"``
+    runs criss-cross attention in that layer instead, in the processors):
         temporal_chunk: latent frames per block of the ``"1d"`` scheme.
         spatial_chunk: ``(h, w)`` tile of the ``"2d"`` scheme; a block runs through all frames.
         st_chunk: ``(t, h, w)`` cube of the ``"3d"`` scheme.
@@ -81,72 +77,43 @@ class VMoBAConfig:
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
 
-        schedule = self.layer_schedule
-        if isinstance(schedule, str):
-            schedule = (schedule,)
-        schedule = tuple(schedule)
-        if not schedule or any(s not in SCHEMES for s in schedule):
+        schedule = (self.layer_schedule,) if isinstance(self.layer_schedule, str) else self.layer_schedule
+        try:
+            schedule = tuple(schedule)
+        except TypeError:
+            schedule = ()
+        if not schedule or any(not isinstance(s, str) or s not in LAYER_KINDS for s in schedule):
             raise ValueError(
-                f"VMoBAConfig.layer_schedule must be a non-empty sequence of {SCHEMES}, got {self.layer_schedule!r}"
+                f"VMoBAConfig.layer_schedule must be a non-empty sequence of {LAYER_KINDS}, got {self.layer_schedule!r}"
             )
         set_("layer_schedule", schedule)
 
-        temporal = _int_tuple("temporal_chunk", self.temporal_chunk, 1)
-        set_("temporal_chunk", temporal[0])
-        set_("spatial_chunk", _int_tuple("spatial_chunk", self.spatial_chunk, 2))
-        set_("st_chunk", _int_tuple("st_chunk", self.st_chunk, 3))
-        for name in ("spatial_chunk", "st_chunk"):
-            if min(getattr(self, name)) < 1:
-                raise ValueError(f"VMoBAConfig.{name} entries must be >= 1, got {getattr(self, name)!r}")
-        if self.temporal_chunk < 1:
-            raise ValueError(f"VMoBAConfig.temporal_chunk must be >= 1, got {self.temporal_chunk!r}")
-
-        if self.select_mode not in SELECT_MODES:
-            raise ValueError(f"VMoBAConfig.select_mode must be one of {SELECT_MODES}, got {self.select_mode!r}")
-        if self.threshold_type not in THRESHOLD_TYPES:
-            raise ValueError(
-                f"VMoBAConfig.threshold_type must be one of {THRESHOLD_TYPES}, got {self.threshold_type!r}"
-            )
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise ValueError(f"VMoBAConfig.threshold must be a number in [0, 1], got {self.threshold!r}")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"VMoBAConfig.threshold must be in [0, 1], got {self.threshold!r}")
-        set_("threshold", float(self.threshold))
-
-        topk = _int_tuple("topk", self.topk, 3)
-        if min(topk) < 1:
-            raise ValueError(f"VMoBAConfig.topk entries must be >= 1, got {self.topk!r}")
-        set_("topk", topk)
-
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"VMoBAConfig.granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if isinstance(self.query_tile, bool) or not isinstance(self.query_tile, int) or self.query_tile < 1:
-            raise ValueError(f"VMoBAConfig.query_tile must be an integer >= 1, got {self.query_tile!r}")
-
-        dense_layers = _int_tuple("dense_layers", self.dense_layers, None)
-        if any(i < 0 for i in dense_layers):
-            raise ValueError(f"VMoBAConfig.dense_layers must be non-negative layer indices, got {self.dense_layers!r}")
+        set_("temporal_chunk", _field(checks.int_tuple, "temporal_chunk", self.temporal_chunk, 1, min=1)[0])
+        set_("spatial_chunk", _field(checks.int_tuple, "spatial_chunk", self.spatial_chunk, 2, min=1))
+        set_("st_chunk", _field(checks.int_tuple, "st_chunk", self.st_chunk, 3, min=1))
+        _field(checks.choice, "select_mode", self.select_mode, SELECT_MODES)
+        set_("threshold", _field(checks.real, "threshold", self.threshold, min=0.0, max=1.0))
+        _field(checks.choice, "threshold_type", self.threshold_type, THRESHOLD_TYPES)
+        set_("topk", _field(checks.int_tuple, "topk", self.topk, 3, min=1))
+        _field(checks.choice, "granularity", self.granularity, GRANULARITIES)
+        set_("query_tile", _field(checks.integer, "query_tile", self.query_tile, min=1))
+        dense_layers = _field(checks.int_tuple, "dense_layers", self.dense_layers, min=0)
         set_("dense_layers", tuple(sorted(set(dense_layers))))
-        for name in ("dense_steps", "min_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"VMoBAConfig.{name} must be an integer >= 0, got {value!r}")
-
-        if self.backend not in BACKENDS:
-            raise ValueError(f"VMoBAConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not isinstance(self.validate_inputs, bool):
-            raise ValueError(f"VMoBAConfig.validate_inputs must be a bool, got {self.validate_inputs!r}")
-        if isinstance(self.memory_budget_mb, bool) or not isinstance(self.memory_budget_mb, int) or self.memory_budget_mb < 1:
-            raise ValueError(f"VMoBAConfig.memory_budget_mb must be an integer >= 1, got {self.memory_budget_mb!r}")
+        set_("dense_steps", _field(checks.integer, "dense_steps", self.dense_steps, min=0))
+        set_("min_tokens", _field(checks.integer, "min_tokens", self.min_tokens, min=0))
+        _field(checks.choice, "backend", self.backend, BACKENDS)
+        set_("validate_inputs", _field(checks.boolean, "validate_inputs", self.validate_inputs))
+        set_("memory_budget_mb", _field(checks.integer, "memory_budget_mb", self.memory_budget_mb, min=1))
 
     # -- helpers -----------------------------------------------------------------------------------------
 
     def scheme_for_layer(self, layer_idx: int) -> str:
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0:
-            raise ValueError(f"layer_idx must be a non-negative integer, got {layer_idx!r}")
+        layer_idx = checks.integer("layer_idx", layer_idx, min=0)
         return self.layer_schedule[layer_idx % len(self.layer_schedule)]
 
     def chunk_for_scheme(self, scheme: str) -> tuple[int, ...]:
+        if scheme not in SCHEMES:
+            raise ValueError(f"{scheme!r} attention has no blocks; VMoBA schemes are {SCHEMES}")
         return {"1d": (self.temporal_chunk,), "2d": self.spatial_chunk, "3d": self.st_chunk}[scheme]
 
     def topk_for_scheme(self, scheme: str) -> int:

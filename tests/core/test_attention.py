@@ -230,3 +230,20 @@ def test_text_padding_mask(text_first, threshold, torch_path):
     torch.testing.assert_close(out, ref)
     with pytest.raises(ValueError, match="text_mask"):
         vmoba_attention(q, k, v, grid, 1, cfg, text_len=L, text_mask=text_mask[:, :3])
+
+
+def test_numbers_of_every_numeric_type_and_wrong_types():
+    np = __import__("numpy")
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 26, 2, 8, generator=g) for _ in range(3))
+    config = VMoBAConfig(threshold=0.3, spatial_chunk=(2, 2))
+    reference = vmoba_attention(q, k, v, (2, 3, 4), 1, config, text_len=2, scale=0.5)
+    out = vmoba_attention(q, k, v, (2, 3, 4), np.int64(1), config, text_len=np.int32(2),
+                          scale=np.float32(0.5))
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="text_len must be an integer, got 1.5"):
+        vmoba_attention(q, k, v, (2, 3, 4), text_len=1.5)
+    with pytest.raises(TypeError, match="layer_idx must be an integer"):
+        vmoba_attention(q[:, 2:], k[:, 2:], v[:, 2:], (2, 3, 4), "0")
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        vmoba_attention(q, k, v, (2, 3, 4), text_len=2, scale=-1.0)

@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+import torch
 
 from vmoba import VMoBAConfig
 
@@ -58,3 +60,40 @@ def test_scheme_schedule():
     assert [c.scheme_for_layer(i) for i in range(7)] == ["1d", "2d", "3d", "1d", "2d", "3d", "1d"]
     with pytest.raises(ValueError, match="layer_idx"):
         c.scheme_for_layer(-1)
+
+
+def test_numbers_of_every_numeric_type_are_accepted():
+    c = VMoBAConfig(threshold=np.float32(0.3), temporal_chunk=np.int64(1), spatial_chunk=(np.int32(2), 3),
+                    st_chunk=np.array([1, 2, 3]), topk=(np.int64(1), 2, 3), query_tile=np.int16(8),
+                    dense_layers=[np.int64(2)], dense_steps=np.int64(1), min_tokens=np.uint8(4),
+                    memory_budget_mb=np.int64(64), validate_inputs=np.bool_(False))
+    assert c.threshold == pytest.approx(0.3) and type(c.threshold) is float
+    assert (c.temporal_chunk, c.spatial_chunk, c.st_chunk, c.topk) == (1, (2, 3), (1, 2, 3), (1, 2, 3))
+    assert all(type(x) is int for x in (c.temporal_chunk, *c.spatial_chunk, *c.st_chunk, c.query_tile, c.dense_steps))
+    assert (c.dense_layers, c.min_tokens, c.memory_budget_mb, c.validate_inputs) == ((2,), 4, 64, False)
+    assert VMoBAConfig(threshold=torch.tensor(0.5)).threshold == 0.5
+    assert VMoBAConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("threshold", np.float32(1.5), "must be <= 1.0, got 1.5"),
+        ("threshold", float("nan"), "finite"),
+        ("temporal_chunk", np.int64(0), r"\[0\] must be >= 1, got 0"),
+        ("query_tile", 2.0, "must be an integer, got 2.0"),
+        ("dense_steps", True, "must be an integer, got True"),
+        ("validate_inputs", 1, "must be True or False"),
+        ("layer_schedule", ("2d", 3), r"crisscross.*got \('2d', 3\)"),
+    ],
+)
+def test_messages_say_what_was_wrong_with_the_value(field, value, message):
+    with pytest.raises(ValueError, match=f"VMoBAConfig.{field}.*{message}"):
+        VMoBAConfig(**{field: value})
+
+
+def test_criss_cross_layers_in_the_schedule():
+    c = VMoBAConfig(layer_schedule=("crisscross", "2d", "3d"))
+    assert [c.scheme_for_layer(i) for i in range(4)] == ["crisscross", "2d", "3d", "crisscross"]
+    with pytest.raises(ValueError, match="crisscross"):
+        c.chunk_for_scheme("crisscross")

@@ -2,6 +2,7 @@
 `disable` for whole pipelines."""
 
 from .patching import disable, enable
+from .base import SelectionRecord
 from .processor import CrissCrossAttnProcessor, VMoBAProcessor
 
-__all__ = ["CrissCrossAttnProcessor", "VMoBAProcessor", "disable", "enable"]
+__all__ = ["CrissCrossAttnProcessor", "SelectionRecord", "VMoBAProcessor", "disable", "enable"]

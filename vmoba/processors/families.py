@@ -1,30 +1,76 @@
-"""Per-family adapters: each reproduces its family's default diffusers processor for video self-attention
-step by step (projections, norms, rotary embedding, text handling, output projections, return type) and
-hands the attention itself to ``attend(q, k, v, text_len=, text_first=, text_mask=)`` with ``(B, S, H, D)``
-tensors. Everything else (cross-attention, text-only attention, masked attention) goes to the family's
-own default processor, unchanged.
+"""One class per video DiT family, holding everything vmoba knows about it: its transformer and attention
+classes, which attention modules are video self-attention, how to read the latent grid off the
+transformer's inputs and the channel layout of its 3D rotary table, its default processor, and the adapter
+that reproduces that processor for video self-attention step by step (project, normalise, rotate, attend,
+merge), handing the attention itself to ``attend(q, k, v, text_len=, text_first=, text_mask=)`` with
+``(B, S, H, D)`` tensors. Everything else (cross-attention, text-only attention, masked attention) goes to
+the family's own default processor, unchanged.
+
+Adding a family is writing one `Family` subclass and listing it in `FAMILIES`.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0, CogVideoXAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.normalization import RMSNorm
+from diffusers.models.transformers import transformer_ltx, transformer_wan
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 Attend = Callable[..., torch.Tensor]
+Grid = tuple[int, int, int]
 
 
 class Family:
+    """What one model family looks like to vmoba. Subclasses fill in the class attributes and the methods
+    that raise `NotImplementedError`."""
+
     name = ""
-    rotary_kwarg = "image_rotary_emb"
+    transformer_classes: tuple[str, ...] = ()
+    attention_classes: tuple[str, ...] = ()  # attention module classes only this family uses
+    rotary_kwarg = "image_rotary_emb"  # the keyword the transformer passes its rotary table under
+
+    # -- which modules -----------------------------------------------------------------------------------
+
+    def owns_model(self, model: torch.nn.Module) -> bool:
+        return type(model).__name__ in self.transformer_classes
+
+    def owns_attention(self, attn, encoder_hidden_states, rotary) -> bool:
+        """Whether this call's attention module belongs to this family (used without `vmoba.enable`)."""
+        return type(attn).__name__ in self.attention_classes
+
+    def is_video_attention(self, name: str, module: torch.nn.Module) -> bool:
+        """Whether the attention module at ``name`` inside the transformer attends over video tokens."""
+        return name.endswith("attn1")
+
+    # -- the latent grid ---------------------------------------------------------------------------------
+
+    def grid_from_inputs(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Grid:
+        """The post-patch latent grid ``(T, H, W)`` of a transformer call, from its bound arguments."""
+        raise NotImplementedError
+
+    def rotary_axes(self, channels: int) -> torch.Tensor | None:
+        """Axis (0 t, 1 h, 2 w, -1 none) of each channel of the rotary table; None when the table is laid out
+        ``[t | h | w]`` in contiguous blocks of sizes this family does not fix."""
+        return None
+
+    # -- running an attention call -------------------------------------------------------------------------
 
     def sparse_capable(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary) -> str | None:
-        """None when this call is video self-attention VMoBA can run; else why it runs the default."""
+        """None when this call is video self-attention vmoba can run; else why it runs the default."""
         raise NotImplementedError
 
     def video_tokens(self, hidden_states, encoder_hidden_states) -> int:
         return hidden_states.shape[1]
+
+    def text_tokens(self, encoder_hidden_states) -> int:
+        return 0
 
     def default_processor(self, attn, encoder_hidden_states, rotary):
         """The processor diffusers would use for this call."""
@@ -36,15 +82,21 @@ class Family:
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend: Attend):
+        """The family's default processor with ``attend`` in place of its attention call."""
         raise NotImplementedError
 
 
-def _module_helper(attn, name: str, fallback_module: str):
+def _latents(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    x = inputs.get("hidden_states")
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise RuntimeError(f"{type(model).__name__} was called without 5-D latents; vmoba cannot find the grid")
+    return x
+
+
+def _module_helper(attn, name: str, fallback_module):
     """A helper function of the module that defines ``attn``'s class (Wan and SkyReels-V2 each have one)."""
     module = sys.modules.get(type(attn).__module__)
-    if module is not None and hasattr(module, name):
-        return getattr(module, name)
-    return getattr(__import__(fallback_module, fromlist=[name]), name)
+    return getattr(module, name) if module is not None and hasattr(module, name) else getattr(fallback_module, name)
 
 
 def _project(attn, x, to_q, to_k, to_v, norm_q, norm_k):
@@ -71,7 +123,14 @@ class Wan(Family):
     """Wan 2.1 / 2.2 / VACE / SkyReels-V2: ``attn1`` is self-attention over video tokens with ``rotary_emb``."""
 
     name = "wan"
+    transformer_classes = ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel")
+    attention_classes = ("WanAttention", "SkyReelsV2Attention")
     rotary_kwarg = "rotary_emb"
+
+    def grid_from_inputs(self, model, inputs):
+        pt, ph, pw = model.config.patch_size
+        _, _, frames, height, width = _latents(model, inputs).shape
+        return (frames // pt, height // ph, width // pw)
 
     def sparse_capable(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary):
         if getattr(attn, "is_cross_attention", False) or encoder_hidden_states is not None:
@@ -84,7 +143,7 @@ class Wan(Family):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rotary, **kwargs)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend):
-        qkv = _module_helper(attn, "_get_qkv_projections", "diffusers.models.transformers.transformer_wan")
+        qkv = _module_helper(attn, "_get_qkv_projections", transformer_wan)
         query, key, value = qkv(attn, hidden_states, None)
         query = attn.norm_q(query)
         key = attn.norm_k(key)
@@ -99,10 +158,26 @@ class Wan(Family):
         return attn.to_out[1](hidden_states)
 
 
+def _is_plain_attention(attn) -> bool:
+    """diffusers' generic ``Attention`` class, which several families share (told apart by their layers)."""
+    return type(attn).__name__ == "Attention"
+
+
 class CogVideoX(Family):
     """CogVideoX 1.0 / 1.5: joint attention over ``[text; video]``, rotary on video only, returns a tuple."""
 
     name = "cogvideox"
+    transformer_classes = ("CogVideoXTransformer3DModel",)
+
+    def owns_attention(self, attn, encoder_hidden_states, rotary):
+        # CogVideoX's joint self-attention: LayerNorm query/key norms, one set of projections for both streams
+        return (_is_plain_attention(attn) and isinstance(attn.norm_q, torch.nn.LayerNorm)
+                and attn.add_q_proj is None and attn.to_out is not None and not attn.is_cross_attention)
+
+    def grid_from_inputs(self, model, inputs):
+        _, frames, _, height, width = _latents(model, inputs).shape
+        cfg = model.config
+        return (math.ceil(frames / (cfg.patch_size_t or 1)), height // cfg.patch_size, width // cfg.patch_size)
 
     def sparse_capable(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary):
         if encoder_hidden_states is None:
@@ -111,14 +186,13 @@ class CogVideoX(Family):
             return "attention mask"
         return None
 
-    def default_processor(self, attn, encoder_hidden_states, rotary):
-        from diffusers.models.attention_processor import AttnProcessor2_0, CogVideoXAttnProcessor2_0
+    def text_tokens(self, encoder_hidden_states):
+        return encoder_hidden_states.shape[1]
 
+    def default_processor(self, attn, encoder_hidden_states, rotary):
         return AttnProcessor2_0() if encoder_hidden_states is None else CogVideoXAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend):
-        from diffusers.models.embeddings import apply_rotary_emb
-
         text_len = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch_size = hidden_states.shape[0]
@@ -148,10 +222,30 @@ class CogVideoX(Family):
 
 
 class HunyuanVideo(Family):
-    """HunyuanVideo: joint attention over ``[video; text]`` with a text padding mask; the token refiner (text
+    """HunyuanVideo: joint attention over ``[video; text]`` with a text padding mask, in dual-stream blocks
+    (separate text projections) and single-stream blocks (no output projection); the token refiner (text
     only, no rotary) keeps its own processor."""
 
     name = "hunyuan"
+    transformer_classes = ("HunyuanVideoTransformer3DModel",)
+
+    def owns_attention(self, attn, encoder_hidden_states, rotary):
+        if not _is_plain_attention(attn):
+            return False
+        if isinstance(attn.norm_q, RMSNorm):
+            dual = attn.add_q_proj is not None and isinstance(attn.norm_added_q, RMSNorm)
+            return dual or attn.to_out is None  # single-stream blocks are pre_only: no output projection
+        # the token refiner: plain biased projections, called on text tokens alone without rotary
+        return (attn.norm_q is None and attn.add_q_proj is None and attn.to_q.bias is not None
+                and encoder_hidden_states is None and rotary is None)
+
+    def is_video_attention(self, name, module):
+        return name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and name.endswith(".attn")
+
+    def grid_from_inputs(self, model, inputs):
+        _, _, frames, height, width = _latents(model, inputs).shape
+        cfg = model.config
+        return (frames // cfg.patch_size_t, height // cfg.patch_size, width // cfg.patch_size)
 
     def sparse_capable(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary):
         if rotary is None:
@@ -161,17 +255,15 @@ class HunyuanVideo(Family):
             return "attention mask that is not a key padding mask"
         return None
 
-    def default_processor(self, attn, encoder_hidden_states, rotary):
-        from diffusers.models.attention_processor import AttnProcessor2_0
-        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+    def text_tokens(self, encoder_hidden_states):
+        return 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
 
+    def default_processor(self, attn, encoder_hidden_states, rotary):
         return AttnProcessor2_0() if rotary is None else HunyuanVideoAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend):
-        from diffusers.models.embeddings import apply_rotary_emb
-
         n_video = hidden_states.shape[1]
-        text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        text_len = self.text_tokens(encoder_hidden_states)
         joint = attn.add_q_proj is None and encoder_hidden_states is not None
         if joint:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
@@ -208,6 +300,22 @@ class LTXVideo(Family):
     """LTX-Video: ``attn1`` is self-attention with the rotary embedding applied before the head split."""
 
     name = "ltx"
+    transformer_classes = ("LTXVideoTransformer3DModel",)
+    attention_classes = ("LTXAttention",)
+
+    def grid_from_inputs(self, model, inputs):
+        frames, height, width = inputs.get("num_frames"), inputs.get("height"), inputs.get("width")
+        if None in (frames, height, width):
+            raise RuntimeError("LTX-Video transformer was called without num_frames/height/width: vmoba needs them "
+                               "to know the latent grid")
+        cfg = model.config
+        return (int(frames) // cfg.patch_size_t, int(height) // cfg.patch_size, int(width) // cfg.patch_size)
+
+    def rotary_axes(self, channels):
+        # LTXVideoRotaryPosEmbed: constant padding channels first, then channel pairs cycling through (t, h, w)
+        pad = channels % 6
+        axes = (torch.arange(channels - pad) // 2) % 3
+        return torch.cat([torch.full((pad,), -1), axes])
 
     def sparse_capable(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary):
         if encoder_hidden_states is not None:
@@ -217,14 +325,12 @@ class LTXVideo(Family):
         return None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, attend):
-        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
-
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))
         value = attn.to_v(hidden_states)
         if rotary is not None:
-            query = apply_rotary_emb(query, rotary)
-            key = apply_rotary_emb(key, rotary)
+            query = transformer_ltx.apply_rotary_emb(query, rotary)
+            key = transformer_ltx.apply_rotary_emb(key, rotary)
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
@@ -233,20 +339,40 @@ class LTXVideo(Family):
         return attn.to_out[1](hidden_states)
 
 
-FAMILY_ADAPTERS: dict[str, Family] = {f.name: f for f in (Wan(), CogVideoX(), HunyuanVideo(), LTXVideo())}
+FAMILIES: tuple[Family, ...] = (Wan(), CogVideoX(), HunyuanVideo(), LTXVideo())
+FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 
 
-def family_of_attention(attn) -> str | None:
-    """Guess the family from an attention module alone (used without `vmoba.enable`)."""
-    name = type(attn).__name__
-    if name in ("WanAttention", "SkyReelsV2Attention"):
-        return "wan"
-    if name == "LTXAttention":
-        return "ltx"
-    if name == "Attention":
-        # HunyuanVideo's dual-stream attention has separate text projections, its single-stream one has no
-        # output projection; CogVideoX's has neither trait.
-        if getattr(attn, "add_q_proj", None) is not None or getattr(attn, "to_out", None) is None:
-            return "hunyuan"
-        return "cogvideox"
-    return None
+def family_named(name: str) -> Family:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(f"family must be one of {FAMILY_NAMES}, got {name!r}")
+
+
+def family_of_model(model: Any) -> Family | None:
+    return next((f for f in FAMILIES if f.owns_model(model)), None)
+
+
+def model_family(model: Any) -> str | None:
+    """The name of the model's family, or None."""
+    family = family_of_model(model)
+    return None if family is None else family.name
+
+
+def family_of_attention(attn, encoder_hidden_states=None, rotary=None) -> Family | None:
+    """The family whose transformers build this attention module (for processors installed without
+    `vmoba.enable`), or None when it is no supported family's."""
+    return next((f for f in FAMILIES if f.owns_attention(attn, encoder_hidden_states, rotary)), None)
+
+
+def supported_models() -> str:
+    return ", ".join(c for f in FAMILIES for c in f.transformer_classes)
+
+
+def bound_arguments(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A transformer call's arguments by name (what a forward pre-hook sees)."""
+    try:
+        return inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return dict(kwargs)

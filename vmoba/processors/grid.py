@@ -1,106 +1,93 @@
-"""Finding the latent grid of an attention call: from the model's inputs (a forward pre-hook) or from the
-rotary embedding the processor receives."""
+"""Reading the post-patch latent grid ``(T, H, W)`` off the 3D rotary table a processor receives (used
+without `vmoba.enable`, whose hook reads the grid from the transformer's inputs instead)."""
 
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-# Video DiT families and the transformer classes that belong to them.
-FAMILIES = {
-    "wan": ("WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel"),
-    "cogvideox": ("CogVideoXTransformer3DModel",),
-    "hunyuan": ("HunyuanVideoTransformer3DModel",),
-    "ltx": ("LTXVideoTransformer3DModel",),
-}
+from .families import model_family  # noqa: F401  (its former home; vmoba.training.models imports it from here)
+
+AxesOf = Callable[[int], "torch.Tensor | None"]  # channels of the table -> axis of each channel, or None
 
 
-def model_family(model: torch.nn.Module) -> str | None:
-    name = type(model).__name__
-    return next((family for family, classes in FAMILIES.items() if name in classes), None)
-
-
-def supported_models() -> str:
-    return ", ".join(c for classes in FAMILIES.values() for c in classes)
-
-
-def _bound(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    try:
-        return inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
-    except TypeError:
-        return dict(kwargs)
-
-
-def grid_from_inputs(model: torch.nn.Module, family: str, args: tuple, kwargs: dict) -> tuple[int, int, int]:
-    """The post-patch latent grid ``(T, H, W)`` of a transformer call, from its inputs and config."""
-    a = _bound(model, args, kwargs)
-    cfg = model.config
-    if family == "ltx":
-        frames, height, width = a.get("num_frames"), a.get("height"), a.get("width")
-        if None in (frames, height, width):
-            raise RuntimeError("LTX-Video transformer was called without num_frames/height/width: VMoBA needs them "
-                               "to know the latent grid")
-        return (int(frames) // cfg.patch_size_t, int(height) // cfg.patch_size, int(width) // cfg.patch_size)
-    x = a.get("hidden_states")
-    if x is None or x.dim() != 5:
-        raise RuntimeError(f"{type(model).__name__} was called without 5-D latents; VMoBA cannot find the grid")
-    if family == "wan":
-        pt, ph, pw = cfg.patch_size
-        _, _, frames, height, width = x.shape
-        return (frames // pt, height // ph, width // pw)
-    if family == "cogvideox":
-        _, frames, _, height, width = x.shape
-        pt = cfg.patch_size_t or 1
-        return (math.ceil(frames / pt), height // cfg.patch_size, width // cfg.patch_size)
-    _, _, frames, height, width = x.shape  # hunyuan
-    return (frames // cfg.patch_size_t, height // cfg.patch_size, width // cfg.patch_size)
-
-
-def timestep_of(model: torch.nn.Module, args: tuple, kwargs: dict) -> float | None:
-    t = _bound(model, args, kwargs).get("timestep")
-    if t is None:
-        return None
-    return float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-
-
-def grid_from_rotary(rotary: Any, n_tokens: int) -> tuple[int, int, int] | None:
-    """Recover ``(T, H, W)`` from a 3D rotary table over ``n_tokens`` video tokens in frame-major order.
-
-    Each rotary channel depends on one axis, and equal positions give bit-identical values. With W, H >= 2
-    (true of any video latent): the channels that differ between tokens 0 and 1 are w channels, and W is
-    the first token where they all return to token 0's values; the channels that differ between tokens 0
-    and W are h channels, and H*W is the first multiple of W where those return. Returns None when the
-    table does not have that structure.
-    """
+def _tables(rotary: Any, n_tokens: int) -> list[torch.Tensor] | None:
+    """The rotary tables (cos, sin, ...) as ``[n_tokens, channels]`` each, or None when they are not that."""
     tables = list(rotary) if isinstance(rotary, (tuple, list)) else [rotary]
     if not tables or not all(isinstance(t, torch.Tensor) and t.shape == tables[0].shape for t in tables):
         return None
-    cos = torch.cat(tables, -1)  # cos and sin: cos alone cannot tell position p from -p
-    if cos.dim() == 4:  # Wan: [1, S, 1, D]
-        cos = cos[0, :, 0]
-    elif cos.dim() == 3:  # LTX: [B, S, C]
-        cos = cos[0]
-    if cos.dim() != 2 or cos.shape[0] != n_tokens or n_tokens < 2:
-        return None
-
-    def first_return(channels: torch.Tensor, step: int) -> int:
-        rows = cos[step::step, channels]
-        same = (rows == cos[0, channels]).all(-1)
-        return int(same.to(torch.uint8).argmax()) * step + step if bool(same.any()) else n_tokens
-
-    w_channels = cos[1] != cos[0]
-    if not bool(w_channels.any()):
-        return None
-    W = first_return(w_channels, 1)
-    HW = n_tokens
-    if W < n_tokens:
-        h_channels = (cos[W] != cos[0]) & ~w_channels
-        if not bool(h_channels.any()):
+    out = []
+    for t in tables:
+        if t.dim() == 4:  # Wan: [1, S, 1, D]
+            t = t[0, :, 0]
+        elif t.dim() == 3:  # LTX: [B, S, C]
+            t = t[0]
+        if t.dim() != 2 or t.shape[0] != n_tokens:
             return None
-        HW = first_return(h_channels, W)
-    if HW % W or n_tokens % HW:
+        out.append(t)
+    return out
+
+
+def _contiguous_axes(first_change: torch.Tensor, never: int) -> torch.Tensor | None:
+    """Axis of each channel of a ``[t | h | w]`` table whose block sizes are unknown, from when each channel
+    first changes. A varying axis is one run of channels that change first at the same token (two varying
+    axes never share it); an axis of length 1 never changes, and only neighbouring such axes can merge into
+    one run, which is harmless (both have length 1)."""
+    values, counts = torch.unique_consecutive(first_change, return_counts=True)
+    varying = [int(v) != never for v in values]
+    changes = [int(v) for v, is_varying in zip(values, varying) if is_varying]
+    if len(values) > 3 or len(set(changes)) != len(changes):
+        return None
+    # give every run one axis, then hand the axes left over to runs of constant channels
+    spare = 3 - len(values)
+    axes, axis = [], 0
+    for count, is_varying in zip(counts.tolist(), varying):
+        width = 1 if is_varying else 1 + spare
+        if not is_varying:
+            spare = 0
+        axes.append(torch.full((count,), axis))  # a merged constant run is tagged with its first axis
+        axis += width
+    if axis != 3:
+        return None
+    return torch.cat(axes)
+
+
+def grid_from_rotary(rotary: Any, n_tokens: int, axes_of: AxesOf | None = None) -> tuple[int, int, int] | None:
+    """Recover ``(T, H, W)`` exactly from a 3D rotary table over ``n_tokens`` video tokens in frame-major order.
+
+    Token ``i = (t*H + h)*W + w``: the t channels first change at token ``H*W`` (if T > 1), the h channels at
+    ``W`` (if H > 1), the w channels at 1 (if W > 1); an axis of length 1 never changes. ``axes_of(channels)``
+    gives the axis of each channel (0 t, 1 h, 2 w, -1 none) where the family fixes it; None (or no
+    ``axes_of``) means contiguous ``[t | h | w]`` blocks of unknown sizes.
+    Returns None when the table does not have that structure.
+    """
+    tables = _tables(rotary, n_tokens)
+    if tables is None or n_tokens < 1:
+        return None
+    changed = torch.zeros(n_tokens, tables[0].shape[1], dtype=torch.bool, device=tables[0].device)
+    for t in tables:  # cos and sin together: cos alone cannot tell position p from -p
+        changed |= t != t[:1]
+    changed[0] = False
+    never = n_tokens
+    first_change = torch.where(changed.any(0), changed.to(torch.uint8).argmax(0), never).cpu()
+    axes = axes_of(first_change.numel()) if axes_of is not None else None
+    if axes is None:
+        axes = _contiguous_axes(first_change, never)
+        if axes is None:
+            return None
+    elif axes.shape != first_change.shape:
+        return None
+    first = []
+    for axis in range(3):
+        values = first_change[axes == axis]
+        finite = values[values < never]
+        if finite.numel() and bool((finite != finite[0]).any()):
+            return None  # channels of one axis that start changing at different tokens: not a 3D table
+        first.append(int(finite[0]) if finite.numel() else None)
+    f_t, f_h, f_w = first
+    HW = f_t if f_t is not None else n_tokens
+    W = f_h if f_h is not None else HW
+    if n_tokens % HW or HW % W or (f_w is not None) != (W > 1) or (f_w is not None and f_w != 1):
         return None
     return (n_tokens // HW, HW // W, W)
