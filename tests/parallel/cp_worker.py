@@ -1,0 +1,108 @@
+"""One rank of a context-parallel check, launched by ``torchrun``: a tiny Wan transformer with a VMoBA or
+criss-cross processor runs once on the whole sequence (the reference, no collectives) and once under
+``enable_parallelism``; the rank writes the largest differences of output and summed parameter gradients.
+
+Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR PROCESSOR LAYOUT [LAYOUT ...]`` with PROCESSOR
+``default`` (diffusers' own processor), ``plain`` (the processor as installed by `set_attn_processor`), ``vmoba``, ``vmoba-global``, ``vmoba-block``
+or ``crisscross`` (through `vmoba.parallel`) and each LAYOUT ``ulysses``, ``ring`` or ``unified``. Everything runs in float64, so the
+only differences left are those of summation order.
+"""
+
+import copy
+import json
+import sys
+import traceback
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from diffusers import ContextParallelConfig, WanTransformer3DModel
+
+import vmoba
+from vmoba import parallel
+
+CHUNKS = dict(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3))
+CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
+# selection that groups over every query of a head (tiles pooled across shards): the gathering ring path
+GLOBAL = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, granularity="tile", query_tile=5, threshold_type="head_global")
+# selection grouped over all heads: impossible under Ulysses, where a rank holds some of the heads
+BLOCK = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, threshold_type="block")
+
+
+def build(seed: int = 0):
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=3,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    model = model.double()
+    inputs = dict(hidden_states=torch.randn(1, 4, 4, 8, 12, dtype=torch.float64),
+                  timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 7, 16, dtype=torch.float64))
+    return model, inputs
+
+
+def processor(kind: str):
+    if kind == "plain":
+        return vmoba.VMoBAProcessor(CONFIG)
+    if kind in ("vmoba", "vmoba-global", "vmoba-block"):
+        config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK}[kind]
+        return parallel.ContextParallelVMoBAProcessor(config)
+    return parallel.ContextParallelCrissCrossProcessor(CONFIG)
+
+
+def run(model, inputs, weight):
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs, return_dict=False)[0]
+    (out * weight).sum().backward()
+    grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in
+             model.named_parameters()}
+    return out.detach(), grads
+
+
+def layout_config(layout: str, world: int) -> ContextParallelConfig:
+    if layout == "ulysses":
+        return ContextParallelConfig(ulysses_degree=world)
+    if layout == "ring":
+        return ContextParallelConfig(ring_degree=world)
+    return ContextParallelConfig(ring_degree=2, ulysses_degree=world // 2)
+
+
+def check(kind: str, layout: str) -> dict:
+    world = dist.get_world_size()
+    model, inputs = build()
+    if kind != "default":
+        model.set_attn_processor(processor(kind))
+    reference = copy.deepcopy(model)
+    weight = torch.randn(1, 4, 4, 8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref_out, ref_grads = run(reference, inputs, weight)
+    try:
+        with mock.patch.object(torch.accelerator, "device_count", return_value=1):
+            model.enable_parallelism(config=layout_config(layout, world))
+        out, grads = run(model, inputs, weight)
+    except parallel.UnsupportedParallelism as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    grad_diff = 0.0
+    for name, g in grads.items():
+        dist.all_reduce(g)  # every rank holds the gradient of its own tokens: the sum is the model's
+        scale = ref_grads[name].abs().max().item() or 1.0
+        grad_diff = max(grad_diff, (g - ref_grads[name]).abs().max().item() / scale)
+    return {"output": (out - ref_out).abs().max().item(), "output_scale": ref_out.abs().max().item(),
+            "gradient": grad_diff}
+
+
+def main():
+    out_dir, kind, layouts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {}
+    for layout in layouts:
+        try:
+            results[layout] = check(kind, layout)
+        except Exception:  # noqa: BLE001 - reported to the test, which shows it
+            results[layout] = {"crash": traceback.format_exc()}
+    (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
