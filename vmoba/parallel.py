@@ -38,10 +38,10 @@ import torch.distributed._functional_collectives as funcol
 from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
 from ._parallel import parallel_map
-from .attention import AttentionStats, check_finite, dense_attention
+from .attention import AttentionStats, check_finite
 from .config import VMoBAConfig, as_config
 from .kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
-from .partition import BlockPartition, get_partition, validate_grid
+from .partition import get_partition, validate_grid
 from .processors import CrissCrossAttnProcessor, VMoBAProcessor
 from .processors.grid import grid_from_rotary
 from .selection import _select, compute_selection
@@ -175,7 +175,7 @@ class VMoBARing:
         self.grid = validate_grid(self.grid)
         self.config = as_config(self.config)
         self.stats: AttentionStats | None = None
-        self._rows: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None  # [B, H, S / R, n_blocks] selection of this rank's queries
 
     def check(self, cp) -> None:
         if self.text_len:
@@ -185,18 +185,16 @@ class VMoBARing:
         if cp.ulysses_degree > 1:
             _check_heads_independent(self.config, cp)
 
-    # ring geometry: after any Ulysses exchange, ring rank r holds the r-th contiguous chunk of the sequence
-    def _setup(self, q: torch.Tensor, cp) -> None:
-        self.ring_rank = cp._ring_local_rank
-        self.ring_size = cp.ring_degree
-        self.group = cp._ring_mesh.get_group()
-        self.chunk_len = q.shape[1]
-        n = self.chunk_len * self.ring_size
+    def place(self, chunk_len: int, ring_rank: int, ring_size: int, device: torch.device, group=None) -> None:
+        """Where this rank sits: after any Ulysses exchange, ring rank ``r`` holds the ``r``-th contiguous chunk
+        of ``chunk_len`` tokens of the sequence; ``group`` is the ring's process group."""
+        self.ring_rank, self.ring_size, self.chunk_len, self.group = ring_rank, ring_size, chunk_len, group
+        n = chunk_len * ring_size
         if math.prod(self.grid) != n:
             raise ValueError(f"grid {self.grid} holds {math.prod(self.grid)} tokens but the ring holds {n}")
         scheme = self.config.scheme_for_layer(self.layer_idx)
         self.scheme = scheme
-        self.part = get_partition(self.grid, scheme, self.config.chunk_for_scheme(scheme), q.device)
+        self.part = get_partition(self.grid, scheme, self.config.chunk_for_scheme(scheme), device)
         self.step = self.backward_step = 0
         self._shards: dict[int, tuple] = {}
 
@@ -244,13 +242,13 @@ class VMoBARing:
 
     def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int):
         """This rank's queries over the selected blocks of key/value chunk ``index``: ``(out (B, S, H, D),
-        lse (B, S, H) float32)``; rows that select nothing there get output 0 and lse -inf."""
+        lse (B, S, H)`` in float32, float64 for float64 inputs); rows that select nothing there get output 0 and lse -inf."""
         B, S, H, D = q.shape
         order, present, offsets = self._shard_layout(index)
         scale = 1.0 / math.sqrt(D) if self.scale is None else float(self.scale)
         cdt = _compute_dtype(q)
         acc = torch.float64 if cdt == torch.float64 else torch.float32
-        chosen = self._rows.index_select(-1, present).reshape(B * H, S, -1)
+        chosen = self.rows.index_select(-1, present).reshape(B * H, S, -1)
         differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         flash = not differentiable and _FLASH_CPU is not None and q.device.type == "cpu"
         qh = (q * scale).transpose(1, 2).to(cdt).reshape(B * H, S, D)
@@ -270,15 +268,16 @@ class VMoBARing:
 
         outs, lses = zip(*parallel_map(one_head, B * H, q.device))
         out = torch.stack(outs).view(B, H, S, D).transpose(1, 2).to(q.dtype)
-        lse = torch.stack(lses).view(B, H, S).transpose(1, 2).float()
+        lse = torch.stack(lses).view(B, H, S).transpose(1, 2)
         return out, lse
 
     def forward_op(self, ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False, return_lse=True, *, _save_ctx=True, _parallel_config=None):
         if _save_ctx:  # the first ring step: this rank's own key/value shard
             ctx.save_for_backward(query, key, value)
-            self._setup(query, context_parallel_config(_parallel_config))
-            self._rows = self.select(query, key)
+            cp = context_parallel_config(_parallel_config)
+            self.place(query.shape[1], cp._ring_local_rank, cp.ring_degree, query.device, cp._ring_mesh.get_group())
+            self.rows = self.select(query, key)
             self._record(query.shape)
         index = (self.ring_rank + self.step) % self.ring_size
         self.step += 1
@@ -296,14 +295,14 @@ class VMoBARing:
             w = torch.exp(lse_i - lse.to(lse_i.dtype)).to(grad_out.dtype)
             grad_out_i = w.unsqueeze(-1) * grad_out
             grad_lse_i = w * (grad_out * (out_i.detach() - out.to(out_i.dtype))).sum(-1)
-            grads = torch.autograd.grad((out_i, lse_i), inputs, (grad_out_i.to(out_i.dtype), grad_lse_i.float()),
+            grads = torch.autograd.grad((out_i, lse_i), inputs, (grad_out_i.to(out_i.dtype), grad_lse_i.to(lse_i.dtype)),
                                         allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
 
     def _record(self, shape) -> None:
         B, S, H, _ = shape
         part = self.part
-        pairs = self._rows.to(torch.float32) @ part.sizes.to(torch.float32)  # [B, H, S] keys per query
+        pairs = self.rows.to(torch.float32) @ part.sizes.to(torch.float32)  # [B, H, S] keys per query
         density = float(pairs.sum() / (B * H * S * part.num_tokens))
         backend = "dense" if self.dense_reason else "torch"
         self.stats = AttentionStats(self.scheme, part.num_blocks, self.config.granularity, backend, density,

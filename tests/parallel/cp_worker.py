@@ -2,10 +2,11 @@
 criss-cross processor runs once on the whole sequence (the reference, no collectives) and once under
 ``enable_parallelism``; the rank writes the largest differences of output and summed parameter gradients.
 
-Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR PROCESSOR LAYOUT [LAYOUT ...]`` with PROCESSOR
-``default`` (diffusers' own processor), ``plain`` (the processor as installed by `set_attn_processor`), ``vmoba``, ``vmoba-global``, ``vmoba-block``
-or ``crisscross`` (through `vmoba.parallel`) and each LAYOUT ``ulysses``, ``ring`` or ``unified``. Everything runs in float64, so the
-only differences left are those of summation order.
+Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, each CASE ``PROCESSOR:LAYOUT``.
+PROCESSOR: ``default`` (diffusers' own processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs
+it), or through `vmoba.parallel`: ``vmoba``, ``vmoba-global``, ``vmoba-block``, ``crisscross``. LAYOUT:
+``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
+in float32 (``convert_to_fp32``), the one rounding left.
 """
 
 import copy
@@ -91,15 +92,15 @@ def check(kind: str, layout: str) -> dict:
 
 
 def main():
-    out_dir, kind, layouts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    out_dir, cases = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     results = {}
-    for layout in layouts:
+    for case in cases:
         try:
-            results[layout] = check(kind, layout)
+            results[case] = check(*case.split(":"))
         except Exception:  # noqa: BLE001 - reported to the test, which shows it
-            results[layout] = {"crash": traceback.format_exc()}
+            results[case] = {"crash": traceback.format_exc()}
     (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
