@@ -22,6 +22,7 @@ from diffusers import ContextParallelConfig, WanTransformer3DModel
 
 import vmoba
 from vmoba import parallel
+from vmoba.parallel.processors import ContextParallelCrissCrossProcessor, ContextParallelVMoBAProcessor
 
 CHUNKS = dict(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3))
 CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
@@ -47,8 +48,8 @@ def processor(kind: str):
         return vmoba.VMoBAProcessor(CONFIG)
     if kind in ("vmoba", "vmoba-global", "vmoba-block"):
         config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK}[kind]
-        return parallel.ContextParallelVMoBAProcessor(config)
-    return parallel.ContextParallelCrissCrossProcessor(CONFIG)
+        return ContextParallelVMoBAProcessor(config)
+    return ContextParallelCrissCrossProcessor(CONFIG)
 
 
 def run(model, inputs, weight):

@@ -21,9 +21,8 @@ one process: criss-cross attention, text tokens inside the attended sequence (jo
 ``*_anything`` layouts under ring; ``block`` and ``overall`` selection (which group over all heads) under
 Ulysses.
 
-The attention processors call `context_parallel_attention` from their attention seam when
-``self._parallel_config`` holds a context-parallel configuration; `ContextParallelVMoBAProcessor` and
-`ContextParallelCrissCrossProcessor` are processors that do so.
+An attention processor's seam calls `context_parallel_attention` with its ``_parallel_config`` (which
+diffusers sets); without context parallelism it simply runs the attention.
 """
 
 from __future__ import annotations
@@ -37,14 +36,12 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
-from ._parallel import parallel_map
-from .attention import AttentionStats, check_finite
-from .config import VMoBAConfig, as_config
-from .kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
-from .partition import get_partition, validate_grid
-from .processors import CrissCrossAttnProcessor, VMoBAProcessor
-from .processors.grid import grid_from_rotary
-from .selection import _select, compute_selection
+from .._parallel import parallel_map
+from ..attention import AttentionStats, check_finite
+from ..config import VMoBAConfig, as_config
+from ..kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
+from ..partition import get_partition, validate_grid
+from ..selection import _select, compute_selection
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, AttentionStats]"]
 
@@ -84,8 +81,8 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
             each rank runs under Ulysses (on its ``H' = H / P`` heads).
         q, k, v: this rank's shard ``(B, S / P, H, D)``, as the processor computed it.
         parallel_config: the processor's ``_parallel_config`` (a diffusers ``ParallelConfig``).
-        ring: how to run the attention on one visiting key/value shard (`VMoBARing`); None when the
-            attention has no ring form, and then ``ring_degree > 1`` raises.
+        ring: the VMoBA call (`VMoBARing`): how to run it on one visiting key/value shard, and what it
+            needs of the layout. None for an attention with no ring form: ``ring_degree > 1`` then raises.
         what: the attention's name in error messages.
 
     Returns:
@@ -95,6 +92,8 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
     cp = context_parallel_config(parallel_config)
     if cp is None or world_size(parallel_config) == 1:
         return attention_fn(q, k, v)
+    if ring is not None:
+        ring.check(cp)
     if cp.ring_degree > 1:
         if ring is None:
             raise UnsupportedParallelism(
@@ -102,7 +101,6 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
                 f"use ulysses_degree instead")
         if cp.ring_anything:
             raise UnsupportedParallelism(f"{what} needs equal sequence shards: ring_anything=True is not supported")
-        ring.check(cp)
         out = _templated_context_parallel_attention(q, k, v, forward_op=ring.forward_op,
                                                     backward_op=ring.backward_op, _parallel_config=parallel_config)
         return out, ring.stats
@@ -178,7 +176,8 @@ class VMoBARing:
         self.rows: torch.Tensor | None = None  # [B, H, S / R, n_blocks] selection of this rank's queries
 
     def check(self, cp) -> None:
-        if self.text_len:
+        """Raise `UnsupportedParallelism` for a layout this call cannot run exactly."""
+        if self.text_len and cp.ring_degree > 1:
             raise UnsupportedParallelism(
                 f"VMoBA with {self.text_len} text tokens inside the attended sequence (joint attention) has no ring "
                 f"form: ring_degree={cp.ring_degree} is not supported here; use ulysses_degree")
@@ -315,81 +314,3 @@ def _check_heads_independent(config: VMoBAConfig, cp) -> None:
             f"VMoBAConfig.threshold_type={config.threshold_type!r} selects over all heads at once, but under "
             f"ulysses_degree={cp.ulysses_degree} each rank holds a subset of the heads: use 'query_head' or "
             f"'head_global', or ring_degree alone")
-
-
-# -- processors that join the engine --------------------------------------------------------------------------
-
-
-class _ContextParallelMixin:
-    """What a processor's seam does under context parallelism: the grid and token counts are those of the
-    whole sequence, and the attention goes through `context_parallel_attention`."""
-
-    def _parallel_world(self) -> int:
-        return world_size(self._parallel_config)
-
-    def _dense_reason(self, layer, n_video):
-        return super()._dense_reason(layer, n_video * self._parallel_world())
-
-    def _grid(self, adapter, attn, hidden_states, encoder_hidden_states, rotary):
-        if self._parallel_world() == 1:
-            return super()._grid(adapter, attn, hidden_states, encoder_hidden_states, rotary)
-        n_video = adapter.video_tokens(hidden_states, encoder_hidden_states) * self._parallel_world()
-        grid = self.grid
-        if grid is None and self.context is not None:
-            grid = self.context.grid
-        if grid is None and rotary is not None:  # the rotary table is split with the sequence: gather it
-            grid = grid_from_rotary(gather_sequence(rotary, self._parallel_config), n_video)
-        if grid is None:
-            raise RuntimeError(
-                f"{type(self).__name__} cannot find the latent grid of this {adapter.name} attention layer under "
-                f"context parallelism ({n_video} video tokens in all): call vmoba.enable(transformer, config) "
-                f"before enable_parallelism, or pass grid=(T, H, W)")
-        if math.prod(grid) != n_video:
-            raise ValueError(f"latent grid {grid} holds {math.prod(grid)} tokens but the attention layer has "
-                             f"{n_video} video tokens across {self._parallel_world()} ranks")
-        return grid
-
-    def _ring(self, grid, layer, text_len):
-        return None
-
-    def attention(self, q, k, v, grid, layer, *, text_len, text_first, text_mask):
-        seam = super().attention
-        if self._parallel_world() == 1:
-            return seam(q, k, v, grid, layer, text_len=text_len, text_first=text_first, text_mask=text_mask)
-
-        def whole(q, k, v):
-            return seam(q, k, v, grid, layer, text_len=text_len, text_first=text_first, text_mask=text_mask)
-
-        return context_parallel_attention(whole, q, k, v, parallel_config=self._parallel_config,
-                                          ring=self._ring(grid, layer, text_len), what=type(self).__name__)
-
-
-class ContextParallelVMoBAProcessor(_ContextParallelMixin, VMoBAProcessor):
-    """`VMoBAProcessor` that joins diffusers' context parallelism (Ulysses, ring, both); identical to it
-    without. Use it before ``transformer.enable_parallelism(...)``."""
-
-    def _ring(self, grid, layer, text_len):
-        return VMoBARing(grid, layer, self.config, text_len=text_len)
-
-    def attention(self, q, k, v, grid, layer, *, text_len, text_first, text_mask):
-        cp = context_parallel_config(self._parallel_config)
-        if cp is not None and cp.ulysses_degree > 1:
-            _check_heads_independent(self.config, cp)
-        return super().attention(q, k, v, grid, layer, text_len=text_len, text_first=text_first, text_mask=text_mask)
-
-
-class ContextParallelCrissCrossProcessor(_ContextParallelMixin, CrissCrossAttnProcessor):
-    """`CrissCrossAttnProcessor` under Ulysses context parallelism (ring raises `UnsupportedParallelism`)."""
-
-
-__all__ = [
-    "ContextParallelCrissCrossProcessor",
-    "ContextParallelVMoBAProcessor",
-    "UnsupportedParallelism",
-    "VMoBARing",
-    "context_parallel_attention",
-    "context_parallel_config",
-    "dense_reason",
-    "gather_sequence",
-    "world_size",
-]
