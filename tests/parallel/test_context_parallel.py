@@ -1,6 +1,7 @@
 """VMoBA and criss-cross attention under diffusers' context parallelism, for real: 2 and 4 gloo processes
 (``torchrun``) each run a tiny Wan transformer once on the whole sequence and once split across the ranks;
-outputs and the summed parameter gradients of a backward pass must match. See cp_worker.py."""
+outputs and the summed parameter gradients of a backward pass must match (cp_worker.py), and so must the
+losses and weights of a few training steps (train_worker.py)."""
 
 import json
 import os
@@ -20,15 +21,18 @@ TWO = ["default:ulysses", "plain:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba
 FOUR = ["vmoba:unified", "vmoba-block:unified"]
 
 
-def _launch(tmp_path_factory, processes: int, cases: list[str]) -> list[dict]:
-    out = tmp_path_factory.mktemp(f"cp{processes}")
+def _torchrun(worker: Path, out: Path, processes: int, args: list[str]) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(WORKER.parents[2]), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-           str(WORKER), str(out), *cases]
+           str(worker), str(out), *args]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+
+
+def _launch(tmp_path_factory, processes: int, cases: list[str]) -> list[dict]:
+    return _torchrun(WORKER, tmp_path_factory.mktemp(f"cp{processes}"), processes, cases)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,13 @@ def test_criss_cross_attention_is_refused_under_ring(two):
 def test_ulysses_and_ring_together_match_one_process(four):
     _matches(four, "vmoba:unified")
     _refused(four, "vmoba-block:unified", "threshold_type='block'")
+
+
+def test_sequence_parallel_training_matches_one_process(tmp_path):
+    """Three AdamW steps of a tiny Wan transformer with VMoBA, its sequence split over 2 processes (Ulysses,
+    then ring) inside DistributedDataParallel with `loss_scale`: the same losses and weights as one process."""
+    results = _torchrun(WORKER.with_name("train_worker.py"), tmp_path, 2, ["ulysses", "ring"])
+    for rank, result in enumerate(results):
+        for layout, got in result.items():
+            assert got["losses"] == pytest.approx(got["reference_losses"], rel=1e-7), (rank, layout)
+            assert got["weights"] <= 1e-5, (rank, layout, got)

@@ -6,6 +6,7 @@ in `vmoba.parallel.processors`, imported on their own so that `vmoba.processors`
 from .engine import (
     UnsupportedParallelism,
     VMoBARing,
+    balance_heads,
     context_parallel_attention,
     context_parallel_config,
     dense_reason,
@@ -16,6 +17,7 @@ from .engine import (
 __all__ = [
     "UnsupportedParallelism",
     "VMoBARing",
+    "balance_heads",
     "context_parallel_attention",
     "context_parallel_config",
     "dense_reason",

@@ -137,6 +137,25 @@ class _UlyssesOp:
         return tuple(torch.zeros_like(x) if g is None else g for x, g in zip((query, key, value), grads))
 
 
+def balance_heads(loads: torch.Tensor, ranks: int) -> torch.Tensor:
+    """A head order that spreads ``loads`` (``[H]``, the work of each head) evenly over ``ranks`` groups of
+    ``H / ranks`` consecutive heads, the groups Ulysses hands to its ranks: heads go heaviest first to the
+    lightest group that still has room (ties: the lower head, the lower group, so every rank computes the
+    same order). Returns the head indices, group by group."""
+    H = loads.numel()
+    if H % ranks:
+        raise ValueError(f"{H} heads cannot be split evenly over {ranks} ranks")
+    per_rank = H // ranks
+    totals = [0.0] * ranks
+    groups: list[list[int]] = [[] for _ in range(ranks)]
+    for h in sorted(range(H), key=lambda h: (-float(loads[h]), h)):
+        room = [r for r in range(ranks) if len(groups[r]) < per_rank]
+        r = min(room, key=lambda r: (totals[r], r))
+        groups[r].append(h)
+        totals[r] += float(loads[h])
+    return torch.tensor([h for g in groups for h in sorted(g)], dtype=torch.long)
+
+
 # -- VMoBA under ring attention -----------------------------------------------------------------------------
 
 
