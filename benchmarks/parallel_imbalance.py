@@ -15,7 +15,8 @@ step, so its step-synchronous cost ``sum_i max_r pairs(r, (r+i) % P) / (total / 
 Inputs: `vmoba.synthetic.structured_qkv` per head, each head with its own field and noise level (from 0.1, a
 smooth field whose gate scores single out a few blocks, to 2.0, mostly white noise, where many blocks look
 alike): heads of a trained model differ in how local they are, and min-max normalised gate scores do not
-depend on a head's logit scale, so noise is what varies the density. Also reported: every head at noise 0.5.
+depend on a head's logit scale, so noise is what varies the density. Also reported: every head at noise 0.5,
+and half the heads structured, half i.i.d. normal (no structure at all: the extreme of unlike heads).
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ from vmoba.parallel import balance_heads  # noqa: E402
 
 
 def heads_with_noise(grid, noises, head_dim, seed):
-    """q, k (1, S, H, D): one structured field per head."""
+    """q, k (1, S, H, D): one structured field per head; a head of noise None is i.i.d. normal (no structure)."""
     qs, ks = [], []
     for h, noise in enumerate(noises):
-        q, k, _ = structured_qkv(1, grid, 1, head_dim, seed=seed + h, noise=noise)
+        if noise is None:
+            g = torch.Generator().manual_seed(seed + h)
+            q, k = (torch.randn(1, math.prod(grid), 1, head_dim, generator=g) for _ in range(2))
+        else:
+            q, k, _ = structured_qkv(1, grid, 1, head_dim, seed=seed + h, noise=noise)
         qs.append(q)
         ks.append(k)
     return torch.cat(qs, 2), torch.cat(ks, 2)
@@ -102,6 +107,9 @@ def main(argv=None):
     inputs = {
         "varied": [0.1 * (20 ** (h / (heads - 1))) for h in range(heads)],  # 0.1 ... 2.0, geometric
         "uniform": [0.5] * heads,
+        # the first half of the heads structured, the second half without structure: contiguous head groups
+        # then put unlike heads on unlike ranks, the worst case for Ulysses
+        "mixed": [0.5] * (heads // 2) + [None] * (heads - heads // 2),
     }
     results = []
     for name, noises in inputs.items():

@@ -88,9 +88,10 @@ def test_ulysses_and_ring_together_match_one_process(four):
 
 
 def test_sequence_parallel_training_matches_one_process(tmp_path):
-    """Three AdamW steps of a tiny Wan transformer with VMoBA, its sequence split over 2 processes (Ulysses,
-    then ring) inside DistributedDataParallel with `loss_scale`: the same losses and weights as one process."""
-    results = _torchrun(WORKER.with_name("train_worker.py"), tmp_path, 2, ["ulysses", "ring"])
+    """Three AdamW steps of a tiny Wan transformer with VMoBA, its sequence split over 2 processes (Ulysses and
+    ring inside DistributedDataParallel; Ulysses with the weights sharded by FSDP2 as recipes/parallel/fsdp2.yaml
+    says), loss scaled by `loss_scale`: the same losses and weights as one process."""
+    results = _torchrun(WORKER.with_name("train_worker.py"), tmp_path, 2, ["ulysses", "ring", "ulysses:fsdp2"])
     for rank, result in enumerate(results):
         for layout, got in result.items():
             assert got["losses"] == pytest.approx(got["reference_losses"], rel=1e-7), (rank, layout)

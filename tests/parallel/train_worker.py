@@ -3,8 +3,9 @@ takes a few AdamW steps on a rectified-flow loss, once alone on this rank (the r
 sequence split over every rank (`vmoba.parallel.training`) inside DistributedDataParallel, as accelerate wraps
 it. Every rank writes the losses of both runs and the largest weight difference.
 
-Usage: ``torchrun --nproc_per_node P train_worker.py OUT_DIR LAYOUT [LAYOUT ...]`` (``ulysses``, ``ring``,
-``unified``).
+Usage: ``torchrun --nproc_per_node P train_worker.py OUT_DIR CASE [CASE ...]``, CASE ``LAYOUT`` (``ulysses``,
+``ring``, ``unified``) inside DDP, or ``LAYOUT:fsdp2`` with the model sharded by FSDP2 (``fully_shard`` per block
+class that recipes/parallel/fsdp2.yaml names, then at the root, as accelerate's FSDP2 plugin wraps it).
 """
 
 import copy
@@ -13,14 +14,17 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 import torch.distributed as dist
 from diffusers import WanTransformer3DModel
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import vmoba
 from vmoba.parallel.processors import ContextParallelVMoBAProcessor
 from vmoba.parallel.training import enable_sequence_parallel, loss_scale
 
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "parallel" / "fsdp2.yaml"
 CONFIG = vmoba.VMoBAConfig(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3), threshold=0.25)
 STEPS = 3
 
@@ -64,15 +68,28 @@ def main():
     dist.init_process_group("gloo")
     world = dist.get_world_size()
     result = {}
-    for layout in layouts:
+    for case in layouts:
+        layout, _, wrapper = case.partition(":")
         model = build()
         reference = copy.deepcopy(model)
         ref_losses = train(reference)
         enable_sequence_parallel(model, world, layout)
-        losses = train(DistributedDataParallel(model), loss_scale(world))
+        if wrapper == "fsdp2":  # as accelerate applies the recipe: its block class, then the root
+            fsdp = yaml.safe_load(RECIPE.read_text())["fsdp_config"]
+            assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+            blocks = [m for m in model.modules() if type(m).__name__ == fsdp["fsdp_transformer_layer_cls_to_wrap"]]
+            assert blocks, fsdp["fsdp_transformer_layer_cls_to_wrap"]
+            for block in blocks:
+                fully_shard(block, reshard_after_forward=fsdp["fsdp_reshard_after_forward"])
+            fully_shard(model, reshard_after_forward=fsdp["fsdp_reshard_after_forward"])
+            wrapped = model
+        else:
+            wrapped = DistributedDataParallel(model)
+        losses = train(wrapped, loss_scale(world))
+        params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
         weights = max((p - r).abs().max().item() / (r.abs().max().item() or 1.0)
-                      for p, r in zip(model.parameters(), reference.parameters()))
-        result[layout] = {"losses": losses, "reference_losses": ref_losses, "weights": weights}
+                      for p, r in zip(params, reference.parameters()))
+        result[case] = {"losses": losses, "reference_losses": ref_losses, "weights": weights}
     (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
