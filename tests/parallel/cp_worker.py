@@ -4,7 +4,8 @@ criss-cross processor runs once on the whole sequence (the reference, no collect
 
 Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, each CASE ``PROCESSOR:LAYOUT``.
 PROCESSOR: ``default`` (diffusers' own processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs
-it), or through `vmoba.parallel`: ``vmoba``, ``vmoba-global``, ``vmoba-block``, ``crisscross``. LAYOUT:
+it), or through `vmoba.parallel`: ``vmoba``, ``vmoba-global``, ``vmoba-block``,
+``vmoba-reordered``, ``crisscross``. LAYOUT:
 ``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
 in float32 (``convert_to_fp32``), the one rounding left.
 """
@@ -49,6 +50,10 @@ def processor(kind: str):
     if kind in ("vmoba", "vmoba-global", "vmoba-block"):
         config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK}[kind]
         return ContextParallelVMoBAProcessor(config)
+    if kind == "vmoba-reordered":  # heads dealt to the Ulysses ranks in another order: the same result
+        processor = ContextParallelVMoBAProcessor(GLOBAL)
+        processor.head_order = torch.tensor([3, 0, 2, 1])
+        return processor
     return ContextParallelCrissCrossProcessor(CONFIG)
 
 

@@ -17,8 +17,8 @@ WORKER = Path(__file__).with_name("cp_worker.py")
 TOLERANCE = 1e-5  # relative; ring steps are merged in float32 by diffusers, everything else is float64
 
 TWO = ["default:ulysses", "plain:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
-       "vmoba-block:ulysses", "vmoba-block:ring", "crisscross:ulysses", "crisscross:ring"]
-FOUR = ["vmoba:unified", "vmoba-block:unified"]
+       "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses", "crisscross:ring"]
+FOUR = ["vmoba:unified", "vmoba-block:unified", "vmoba-reordered:unified"]
 
 
 def _torchrun(worker: Path, out: Path, processes: int, args: list[str]) -> list[dict]:
@@ -69,7 +69,7 @@ def test_vmoba_processor_as_installed_matches_one_process(two):
 
 
 @pytest.mark.parametrize("case", ["vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
-                                  "vmoba-block:ring", "crisscross:ulysses"])
+                                  "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses"])
 def test_matches_one_process_forward_and_backward(two, case):
     _matches(two, case)
 
@@ -84,6 +84,7 @@ def test_criss_cross_attention_is_refused_under_ring(two):
 
 def test_ulysses_and_ring_together_match_one_process(four):
     _matches(four, "vmoba:unified")
+    _matches(four, "vmoba-reordered:unified")
     _refused(four, "vmoba-block:unified", "threshold_type='block'")
 
 

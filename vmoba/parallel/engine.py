@@ -37,7 +37,7 @@ import torch.distributed._functional_collectives as funcol
 from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
 from .._parallel import parallel_map
-from ..attention import AttentionStats, check_finite
+from ..attention import AttentionStats
 from ..config import VMoBAConfig, as_config
 from ..kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
 from ..partition import get_partition, validate_grid
@@ -73,7 +73,8 @@ def gather_sequence(x, parallel_config, dim: int = 1):
 
 
 def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                               parallel_config, ring: "VMoBARing | None" = None, what: str = "this attention"):
+                               parallel_config, ring: "VMoBARing | None" = None, what: str = "this attention",
+                               head_order: torch.Tensor | None = None):
     """Run ``attention_fn`` under diffusers' context parallelism.
 
     Args:
@@ -84,6 +85,10 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
         ring: the VMoBA call (`VMoBARing`): how to run it on one visiting key/value shard, and what it
             needs of the layout. None for an attention with no ring form: ``ring_degree > 1`` then raises.
         what: the attention's name in error messages.
+        head_order: under Ulysses, the order in which heads are dealt to the ranks (``H / P`` consecutive
+            entries each), e.g. `balance_heads` of measured per-head work; None keeps diffusers' order.
+            The attention must treat heads independently (VMoBA's ``block``/``overall`` groupings are
+            refused under Ulysses anyway).
 
     Returns:
         ``(out, stats)``: this rank's shard of the output ``(B, S / P, H, D)`` and the statistics of the
@@ -94,6 +99,16 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
         return attention_fn(q, k, v)
     if ring is not None:
         ring.check(cp)
+        if ring.config.validate_inputs:
+            _check_finite_everywhere(q, k, v, cp)
+    if head_order is not None and cp.ulysses_degree > 1:
+        head_order = torch.as_tensor(head_order, dtype=torch.long, device=q.device)
+        if sorted(head_order.tolist()) != list(range(q.shape[2])):
+            raise ValueError(f"head_order must be a permutation of the {q.shape[2]} heads, got {head_order.tolist()}")
+        q, k, v = (x.index_select(2, head_order) for x in (q, k, v))
+        out, stats = context_parallel_attention(attention_fn, q, k, v, parallel_config=parallel_config, ring=ring,
+                                                what=what)
+        return out.index_select(2, torch.argsort(head_order)), stats
     if cp.ring_degree > 1:
         if ring is None:
             raise UnsupportedParallelism(
@@ -110,6 +125,16 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
     out = _templated_context_parallel_attention(q, k, v, forward_op=op.forward_op, backward_op=op.backward_op,
                                                 _parallel_config=parallel_config)
     return out, op.stats
+
+
+def _check_finite_everywhere(q, k, v, cp) -> None:
+    """Every rank raises when any rank's shard holds NaN or Inf: one rank raising alone would leave the
+    others waiting in the next collective."""
+    flags = torch.stack([torch.isfinite(x).all() for x in (q, k, v)]).to(torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=cp._flattened_mesh.get_group())
+    bad = [name for name, ok in zip("qkv", flags.tolist()) if not ok]
+    if bad:
+        raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)} on some rank")
 
 
 class _UlyssesOp:
@@ -141,7 +166,7 @@ def balance_heads(loads: torch.Tensor, ranks: int) -> torch.Tensor:
     """A head order that spreads ``loads`` (``[H]``, the work of each head) evenly over ``ranks`` groups of
     ``H / ranks`` consecutive heads, the groups Ulysses hands to its ranks: heads go heaviest first to the
     lightest group that still has room (ties: the lower head, the lower group, so every rank computes the
-    same order). Returns the head indices, group by group."""
+    same order); diffusers' own order when that is as even. Returns the head indices, group by group."""
     H = loads.numel()
     if H % ranks:
         raise ValueError(f"{H} heads cannot be split evenly over {ranks} ranks")
@@ -153,7 +178,11 @@ def balance_heads(loads: torch.Tensor, ranks: int) -> torch.Tensor:
         r = min(room, key=lambda r: (totals[r], r))
         groups[r].append(h)
         totals[r] += float(loads[h])
-    return torch.tensor([h for g in groups for h in sorted(g)], dtype=torch.long)
+    order = torch.tensor([h for g in groups for h in sorted(g)], dtype=torch.long)
+    loads = torch.as_tensor(loads, dtype=torch.float64).reshape(-1)
+    if loads[order].view(ranks, -1).sum(1).max() < loads.view(ranks, -1).sum(1).max():
+        return order
+    return torch.arange(H)
 
 
 # -- VMoBA under ring attention -----------------------------------------------------------------------------
@@ -225,8 +254,6 @@ class VMoBARing:
         B, S, H, D = q.shape
         part, nb = self.part, self.part.num_blocks
         mine = self._chunk(self.ring_rank)
-        if self.config.validate_inputs:
-            check_finite(q, k)
         reason = dense_reason(self.config, self.layer_idx, part.num_tokens)
         if reason is not None:
             self.dense_reason = reason

@@ -18,7 +18,10 @@ _BASE_JOINS = getattr(VMoBAProcessor, "joins_context_parallelism", False)
 
 class _ContextParallelMixin:
     """What a processor's seam does under context parallelism: the grid and token counts are those of the
-    whole sequence, and the attention goes through `context_parallel_attention`."""
+    whole sequence, and the attention goes through `context_parallel_attention`. ``head_order`` (set on the
+    processor) deals the heads to the Ulysses ranks in that order (`vmoba.parallel.balance_heads`)."""
+
+    head_order = None
 
     def _parallel_world(self) -> int:
         return 1 if _BASE_JOINS else world_size(self._parallel_config)
@@ -57,7 +60,8 @@ class _ContextParallelMixin:
             return seam(q, k, v, grid, layer, text_len=text_len, text_first=text_first, text_mask=text_mask)
 
         return context_parallel_attention(whole, q, k, v, parallel_config=self._parallel_config,
-                                          ring=self._ring(grid, layer, text_len), what=type(self).__name__)
+                                          ring=self._ring(grid, layer, text_len), what=type(self).__name__,
+                                          head_order=self.head_order)
 
 
 class ContextParallelVMoBAProcessor(_ContextParallelMixin, VMoBAProcessor):
