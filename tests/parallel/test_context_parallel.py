@@ -17,7 +17,8 @@ WORKER = Path(__file__).with_name("cp_worker.py")
 TOLERANCE = 1e-5  # relative; ring steps are merged in float32 by diffusers, everything else is float64
 
 TWO = ["default:ulysses", "plain:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
-       "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses", "crisscross:ring"]
+       "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses", "crisscross:ring",
+       "ltx/vmoba:ulysses", "ltx/crisscross:ulysses"]
 FOUR = ["vmoba:unified", "vmoba-block:unified", "vmoba-reordered:unified"]
 
 
@@ -50,7 +51,7 @@ def _matches(results: list[dict], case: str) -> None:
         got = result[case]
         assert "crash" not in got and "error" not in got, f"rank {rank}: {got}"
         assert got["output"] <= TOLERANCE * got["output_scale"], (rank, got)
-        assert got["gradient"] <= TOLERANCE, (rank, got)
+        assert got["gradient"] is None or got["gradient"] <= TOLERANCE, (rank, got)
 
 
 def _refused(results: list[dict], case: str, words: str) -> None:
@@ -71,6 +72,12 @@ def test_vmoba_processor_as_installed_matches_one_process(two):
 @pytest.mark.parametrize("case", ["vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
                                   "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses"])
 def test_matches_one_process_forward_and_backward(two, case):
+    _matches(two, case)
+
+
+@pytest.mark.parametrize("case", ["ltx/vmoba:ulysses", "ltx/crisscross:ulysses"])
+def test_ltx_video_forward_matches_one_process(two, case):
+    """Forward only: diffusers' own LTX cross-attention has no Ulysses backward (see cp_worker.py)."""
     _matches(two, case)
 
 

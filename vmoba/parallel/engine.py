@@ -17,9 +17,9 @@ rank's shard, so it must join diffusers' engine, `_templated_context_parallel_at
 * **Both** (unified): Ulysses inside ring, so each ring holds ``H / U`` heads.
 
 What cannot be done raises `UnsupportedParallelism` naming it; no layout returns a result that differs from
-one process: criss-cross attention, text tokens inside the attended sequence (joint attention) and the
-``*_anything`` layouts under ring; ``block`` and ``overall`` selection (which group over all heads) under
-Ulysses.
+one process. Refused: criss-cross attention and text tokens inside the attended sequence (joint attention)
+under ring; ``block`` and ``overall`` selection (which group over all heads) under Ulysses; the uneven
+``*_anything`` layouts.
 
 An attention processor's seam calls `context_parallel_attention` with its ``_parallel_config`` (which
 diffusers sets); without context parallelism it simply runs the attention.

@@ -16,6 +16,11 @@ from .engine import VMoBARing, context_parallel_attention, gather_sequence, worl
 _BASE_JOINS = getattr(VMoBAProcessor, "joins_context_parallelism", False)
 
 
+def joins_context_parallelism(processor) -> bool:
+    """Whether a processor's attention goes through diffusers' context-parallel engine."""
+    return _BASE_JOINS or isinstance(processor, _ContextParallelMixin)
+
+
 class _ContextParallelMixin:
     """What a processor's seam does under context parallelism: the grid and token counts are those of the
     whole sequence, and the attention goes through `context_parallel_attention`. ``head_order`` (set on the
@@ -76,4 +81,4 @@ class ContextParallelCrissCrossProcessor(_ContextParallelMixin, CrissCrossAttnPr
     """`CrissCrossAttnProcessor` under Ulysses context parallelism (ring raises `UnsupportedParallelism`)."""
 
 
-__all__ = ["ContextParallelCrissCrossProcessor", "ContextParallelVMoBAProcessor"]
+__all__ = ["ContextParallelCrissCrossProcessor", "ContextParallelVMoBAProcessor", "joins_context_parallelism"]
