@@ -14,7 +14,8 @@ two attentions without context parallelism, and the ring form's work emulated th
 rank of a 2-rank ring, run in sequence), since its shard steps run the PyTorch block path, not the Triton
 kernels.
 
-Writes ``parallel_gpu_<gpu>_<N>x.json`` under ``--out`` (default benchmarks/results), with the machine.
+Writes ``parallel_gpu_<gpu>_<N>x.json`` under ``--out`` (default benchmarks/results): the machine, commit,
+versions, driver, and per row the times, speedups, TFLOP/s on attended pairs (all ranks together) and error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,7 +122,8 @@ def main(argv=None):
     rows = []
     for layer in range(len(config.layer_schedule)):
         scheme = config.scheme_for_layer(layer)
-        whole = vmoba_attention(q, k, v, grid, layer, config)
+        whole, stats = vmoba_attention(q, k, v, grid, layer, config, return_stats=True)
+        pairs = stats.density * S * S * heads  # attended (query, key) pairs of the layer, every rank together
         for name, cp in layouts(world):
             pc = None if cp is None else parallel_config(cp, device)
             L = S // world
@@ -142,6 +145,9 @@ def main(argv=None):
                    "rel_l2_vs_one_device": rel_l2(out, whole),
                    "vmoba_fwd_ms": timed(lambda: sparse(ql, kl, vl), device, args.repeat),
                    "vmoba_fwd_bwd_ms": timed(forward_backward(sparse, ql, kl, vl), device, args.repeat)}
+            row["vmoba_density"] = stats.density
+            # all ranks together: 4 * D flops per attended pair forward (two matrix products)
+            row["vmoba_tflops_fwd"] = 4 * pairs * head_dim / row["vmoba_fwd_ms"] / 1e9
             if name in ("single", "ulysses") or device.type == "cuda":  # diffusers' native CPU op has no ring form
                 row["dense_fwd_ms"] = timed(lambda: dense(ql, kl, vl), device, args.repeat)
                 row["dense_fwd_bwd_ms"] = timed(forward_backward(dense, ql, kl, vl), device, args.repeat)
@@ -161,6 +167,7 @@ def main(argv=None):
         print_table(rows, [("scheme", "scheme", "{}"), ("layout", "layout", "{}"), ("ranks", "ranks", "{}"),
                            ("dense_fwd_ms", "dense fwd ms", "{:.1f}"), ("vmoba_fwd_ms", "vmoba fwd ms", "{:.1f}"),
                            ("vmoba_speedup_fwd", "x fwd", "{:.2f}"), ("vmoba_speedup_fwd_bwd", "x fwd+bwd", "{:.2f}"),
+                           ("vmoba_tflops_fwd", "TFLOP/s", "{:.1f}"),
                            ("rel_l2_vs_one_device", "rel L2 vs 1 device", "{:.1e}")])
         info = machine_info()
         gpu = re.sub(r"[^a-z0-9]+", "_", info.get("gpu", device.type).lower()).strip("_")
@@ -168,7 +175,13 @@ def main(argv=None):
         payload = {"grid": list(grid), "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
                    "dense_backend": dense_backend, "machine": info, "results": rows}
         if device.type == "cuda":
-            payload["driver"] = torch.version.cuda
+            payload["cuda"] = torch.version.cuda
+            try:
+                payload["driver"] = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                    text=True, check=True).stdout.strip()
+            except (OSError, subprocess.CalledProcessError):
+                payload["driver"] = None
         with atomic_output(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1) + "\n")
         print(f"wrote {path}")

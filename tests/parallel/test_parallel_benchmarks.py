@@ -1,4 +1,5 @@
-"""The per-rank accounting of benchmarks/parallel_imbalance.py on hand-counted cases, and the script end to end."""
+"""The parallel benchmarks: the per-rank accounting of parallel_imbalance.py on hand-counted cases, and both
+scripts end to end."""
 
 import importlib.util
 import json
@@ -50,3 +51,17 @@ def test_script_writes_its_results(tmp_path):
         for u in row["ulysses"]:
             assert 0 <= u["balanced_imbalance"] <= u["imbalance"] + 1e-12
             assert sum(u["rank_pairs"]) == pytest.approx(sum(row["density_per_head"]) * 576**2)
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_in_its_cpu_check_mode(tmp_path):
+    """The N-GPU script's code path on CPU (one process): rows for every scheme, the sparse output equal to
+    vmoba_attention's (no parallelism in this mode), and the ring steps' work emulated."""
+    script = SCRIPT.with_name("parallel_gpu.py")
+    subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--repeat", "1", "--out",
+                    str(tmp_path)], check=True, capture_output=True, timeout=600)
+    result = json.loads(next(tmp_path.glob("parallel_gpu_*_1x_quick.json")).read_text())
+    assert [r["scheme"] for r in result["results"]] == ["1d", "2d", "3d"]
+    for row in result["results"]:
+        assert row["rel_l2_vs_one_device"] == 0.0
+        assert row["ring2_steps_emulated_fwd_ms"] > 0 and 0 < row["vmoba_density"] < 1
