@@ -1,6 +1,6 @@
 """VMoBA under diffusers' context parallelism on GPUs: time per call and agreement with one device.
 
-    torchrun --nproc_per_node N benchmarks/parallel_gpu.py [--out DIR]   # N GPUs: Ulysses N, ring N, both (N even, >= 4)
+    torchrun --nproc_per_node N benchmarks/parallel_gpu.py [--out DIR]   # N GPUs: Ulysses, ring, both (N >= 4)
     python benchmarks/parallel_gpu.py [--out DIR]                        # one GPU: the single-device baseline
     python benchmarks/parallel_gpu.py --device cpu --quick               # checks the script (numbers meaningless)
 
@@ -77,7 +77,8 @@ def forward_backward(fn, q, k, v):
 def layouts(world: int) -> list[tuple[str, ContextParallelConfig | None]]:
     if world == 1:
         return [("single", None)]
-    found = [("ulysses", ContextParallelConfig(ulysses_degree=world)), ("ring", ContextParallelConfig(ring_degree=world))]
+    found = [("ulysses", ContextParallelConfig(ulysses_degree=world)),
+             ("ring", ContextParallelConfig(ring_degree=world))]
     if world >= 4 and world % 2 == 0:
         found.append(("unified", ContextParallelConfig(ring_degree=2, ulysses_degree=world // 2)))
     return found

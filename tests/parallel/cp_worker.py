@@ -3,10 +3,10 @@ criss-cross processor runs once on the whole sequence (the reference, no collect
 ``enable_parallelism``; the rank writes the largest differences of output and summed parameter gradients.
 
 Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, each CASE ``PROCESSOR:LAYOUT``.
-PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one): ``default`` (diffusers' own processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs
-it), or through `vmoba.parallel`: ``vmoba``, ``vmoba-global``, ``vmoba-block``,
-``vmoba-reordered``, ``crisscross``. LAYOUT:
-``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
+PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one): ``default`` (diffusers' own
+processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs it), or through `vmoba.parallel`:
+``vmoba``, ``vmoba-global``, ``vmoba-block``, ``vmoba-reordered``, ``crisscross``. LAYOUT: ``ulysses``,
+``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
 in float32 (``convert_to_fp32``), the one rounding left.
 """
 

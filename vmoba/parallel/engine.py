@@ -287,7 +287,8 @@ class VMoBARing:
 
     def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int):
         """This rank's queries over the selected blocks of key/value chunk ``index``: ``(out (B, S, H, D),
-        lse (B, S, H)`` in float32, float64 for float64 inputs); rows that select nothing there get output 0 and lse -inf."""
+        lse (B, S, H)`` in float32, float64 for float64 inputs); rows that select nothing there get output 0
+        and lse -inf."""
         B, S, H, D = q.shape
         order, present, offsets = self._shard_layout(index)
         scale = 1.0 / math.sqrt(D) if self.scale is None else float(self.scale)
@@ -340,7 +341,8 @@ class VMoBARing:
             w = torch.exp(lse_i - lse.to(lse_i.dtype)).to(grad_out.dtype)
             grad_out_i = w.unsqueeze(-1) * grad_out
             grad_lse_i = w * (grad_out * (out_i.detach() - out.to(out_i.dtype))).sum(-1)
-            grads = torch.autograd.grad((out_i, lse_i), inputs, (grad_out_i.to(out_i.dtype), grad_lse_i.to(lse_i.dtype)),
+            grads = torch.autograd.grad((out_i, lse_i), inputs,
+                                        (grad_out_i.to(out_i.dtype), grad_lse_i.to(lse_i.dtype)),
                                         allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
 
