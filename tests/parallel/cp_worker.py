@@ -1,0 +1,133 @@
+"""One rank of a context-parallel check, launched by ``torchrun``: a tiny Wan transformer with a VMoBA or
+criss-cross processor runs once on the whole sequence (the reference, no collectives) and once under
+``enable_parallelism``; the rank writes the largest differences of output and summed parameter gradients.
+
+Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, each CASE ``PROCESSOR:LAYOUT``.
+PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one): ``default`` (diffusers' own
+processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs it), or through `vmoba.parallel`:
+``vmoba``, ``vmoba-global``, ``vmoba-block``, ``vmoba-reordered``, ``crisscross``. LAYOUT: ``ulysses``,
+``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
+in float32 (``convert_to_fp32``), the one rounding left.
+"""
+
+import copy
+import json
+import sys
+import traceback
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from diffusers import ContextParallelConfig, LTXVideoTransformer3DModel, WanTransformer3DModel
+
+import vmoba
+from vmoba import parallel
+from vmoba.parallel.processors import ContextParallelCrissCrossProcessor, ContextParallelVMoBAProcessor
+
+CHUNKS = dict(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3))
+CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
+# selection that groups over every query of a head (tiles pooled across shards): the gathering ring path
+GLOBAL = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, granularity="tile", query_tile=5, threshold_type="head_global")
+# selection grouped over all heads: impossible under Ulysses, where a rank holds some of the heads
+BLOCK = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, threshold_type="block")
+
+
+def build(seed: int = 0, family: str = "wan"):
+    torch.manual_seed(seed)
+    if family == "ltx":  # grid 4x4x6 (96 tokens), 6 text tokens: both split evenly over 2 and 4 ranks.
+        # diffusers' own cross-attention (attn2) limits what can be checked: it fails under Ulysses with a
+        # text mask (the mask keeps the local text length) and in the backward pass (its Ulysses backward
+        # assumes as many keys as queries), and on CPU its native op has no ring form. So LTX-Video checks
+        # the forward pass under Ulysses, without a text mask.
+        model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                           num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                           num_layers=3, caption_channels=16).double()
+        inputs = dict(hidden_states=torch.randn(1, 96, 8, dtype=torch.float64),
+                      encoder_hidden_states=torch.randn(1, 6, 16, dtype=torch.float64), timestep=torch.tensor([500]),
+                      encoder_attention_mask=None, num_frames=4, height=4, width=6,
+                      rope_interpolation_scale=(0.32, 32, 32))
+        return model, inputs
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=3,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    model = model.double()
+    inputs = dict(hidden_states=torch.randn(1, 4, 4, 8, 12, dtype=torch.float64),
+                  timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 7, 16, dtype=torch.float64))
+    return model, inputs
+
+
+def processor(kind: str):
+    if kind == "plain":
+        return vmoba.VMoBAProcessor(CONFIG)
+    if kind in ("vmoba", "vmoba-global", "vmoba-block"):
+        config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK}[kind]
+        return ContextParallelVMoBAProcessor(config)
+    if kind == "vmoba-reordered":  # heads dealt to the Ulysses ranks in another order: the same result
+        processor = ContextParallelVMoBAProcessor(GLOBAL)
+        processor.head_order = torch.tensor([3, 0, 2, 1])
+        return processor
+    return ContextParallelCrissCrossProcessor(CONFIG)
+
+
+def run(model, inputs, weight, backward=True):
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs, return_dict=False)[0]
+    if not backward:
+        return out.detach(), {}
+    (out * weight).sum().backward()
+    grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in
+             model.named_parameters()}
+    return out.detach(), grads
+
+
+def layout_config(layout: str, world: int) -> ContextParallelConfig:
+    if layout == "ulysses":
+        return ContextParallelConfig(ulysses_degree=world)
+    if layout == "ring":
+        return ContextParallelConfig(ring_degree=world)
+    return ContextParallelConfig(ring_degree=2, ulysses_degree=world // 2)
+
+
+def check(kind: str, layout: str) -> dict:
+    world = dist.get_world_size()
+    family, _, kind = kind.rpartition("/")
+    model, inputs = build(family=family or "wan")
+    if kind != "default":
+        model.set_attn_processor(processor(kind))
+    reference = copy.deepcopy(model)
+    shape = model(**inputs, return_dict=False)[0].shape
+    weight = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    backward = family != "ltx"
+    ref_out, ref_grads = run(reference, inputs, weight, backward)
+    try:
+        with mock.patch.object(torch.accelerator, "device_count", return_value=1):
+            model.enable_parallelism(config=layout_config(layout, world))
+        out, grads = run(model, inputs, weight, backward)
+    except parallel.UnsupportedParallelism as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    grad_diff = 0.0
+    for name, g in grads.items():
+        dist.all_reduce(g)  # every rank holds the gradient of its own tokens: the sum is the model's
+        scale = ref_grads[name].abs().max().item() or 1.0
+        grad_diff = max(grad_diff, (g - ref_grads[name]).abs().max().item() / scale)
+    return {"output": (out - ref_out).abs().max().item(), "output_scale": ref_out.abs().max().item(),
+            "gradient": grad_diff if backward else None}
+
+
+def main():
+    out_dir, cases = Path(sys.argv[1]), sys.argv[2:]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {}
+    for case in cases:
+        try:
+            results[case] = check(*case.split(":"))
+        except Exception:  # noqa: BLE001 - reported to the test, which shows it
+            results[case] = {"crash": traceback.format_exc()}
+    (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
