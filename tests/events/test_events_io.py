@@ -112,6 +112,45 @@ def test_refuses_to_overwrite(tmp_path):
     assert read_events(path) == ev
 
 
+def _fails_aedat4_negative_times():
+    return EventStream([0], [0], [-1.0], [1], (4, 4)), "aedat4", "non-negative"
+
+
+def _fails_aedat4_wide_sensor():
+    return EventStream([0], [0], [1.0], [1], (4, 40000)), "aedat4", "int16"
+
+
+@pytest.mark.parametrize("make", [_fails_aedat4_negative_times, _fails_aedat4_wide_sensor])
+def test_a_failed_overwrite_keeps_the_old_file(tmp_path, make):
+    bad, ext, words = make()
+    path = tmp_path / f"e.{ext}"
+    good = random_stream(n=20)
+    write_events(path, good)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=words):
+        write_events(path, bad, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+
+
+def test_a_missing_hdf5_plugin_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "e.h5"
+    write_events(path, random_stream(n=20))
+    before = path.read_bytes()
+    real_import = builtins.__import__
+
+    def no_plugin(name, *args, **kwargs):
+        if name == "hdf5plugin":
+            raise ImportError("No module named 'hdf5plugin'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_plugin)
+    with pytest.raises(ImportError, match="hdf5plugin"):
+        write_events(path, random_stream(n=30, seed=1), overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_empty_streams_and_files(tmp_path):
     with pytest.raises(ValueError, match="empty event stream"):
         write_events(tmp_path / "e.npz", EventStream([], [], [], [], (2, 2)))

@@ -151,3 +151,23 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(net(frames), loaded(frames))
     with pytest.raises(FileNotFoundError):
         MotionFlowNet.from_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_a_failed_save_keeps_the_weights_that_were_there(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    net = MotionFlowNet(energy={"num_orientations": 2, "num_scales": 2}, integrator={"dim": 16, "iterations": 1})
+    path = tmp_path / "w.safetensors"
+    net.save_pretrained(path)
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        net.save_pretrained(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

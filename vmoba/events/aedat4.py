@@ -55,8 +55,12 @@ def _event_packet(t_us: np.ndarray, x: np.ndarray, y: np.ndarray, on: np.ndarray
 
 
 def write_aedat4(file, height: int, width: int, t_us: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> None:
-    if int(t_us.min()) < 0 or max(height, width) > 32767:
-        raise ValueError("AEDAT4 stores non-negative int64 microseconds and int16 coordinates")
+    if int(t_us.min()) < 0:
+        raise ValueError(f"events: AEDAT4 stores non-negative int64 microseconds, got t={int(t_us.min())} us; "
+                         f"shift the timestamps or write another format")
+    if max(height, width) > 32767:
+        raise ValueError(f"events: AEDAT4 stores int16 coordinates, so the sensor can be at most 32767 pixels a side, "
+                         f"got sensor_size={(height, width)}; write another format")
     header = _io_header(_description(height, width))
     file.write(MAGIC + struct.pack("<I", len(header)) + header)
     for start in range(0, len(t_us), PACKET_EVENTS):

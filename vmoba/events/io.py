@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .. import checks
 from . import aedat4
 from .stream import EventStream, validate_sensor_size
 
@@ -108,7 +109,7 @@ def _as_int(path: str, name: str, values: np.ndarray) -> np.ndarray:
 
 
 def _write_text(path: str, events: EventStream) -> None:
-    with open(path, "x", encoding="ascii") as file:
+    with open(path, "w", encoding="ascii") as file:
         file.write(f"{events.width} {events.height}\n")
         rows = np.empty(len(events), dtype=[("t", "f8"), ("x", "i8"), ("y", "i8"), ("p", "i8")])
         rows["t"], rows["x"], rows["y"], rows["p"] = events.t, events.x, events.y, (events.p > 0)
@@ -177,7 +178,7 @@ def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
 
 def _write_npz(path: str, events: EventStream) -> None:
     coord = np.uint16 if max(events.sensor_size) <= 65535 else np.int64
-    with open(path, "xb") as file:
+    with open(path, "wb") as file:
         np.savez(file, x=events.x.astype(coord), y=events.y.astype(coord), t=events.t, p=events.p,
                  sensor_size=np.asarray(events.sensor_size, dtype=np.int64))
 
@@ -236,7 +237,7 @@ def _write_h5(path: str, events: EventStream) -> None:
     coord = np.uint16 if max(events.sensor_size) <= 65535 else np.int64
     blosc = hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE)
     ms = np.arange(int(relative[-1]) // 1000 + 2, dtype=np.int64) * 1000
-    with h5py.File(path, "x") as file:
+    with h5py.File(path, "w") as file:
         group = file.create_group("events")
         for name, values in (("x", events.x.astype(coord)), ("y", events.y.astype(coord)),
                              ("t", relative.astype(t_dtype)), ("p", (events.p > 0).astype(np.uint8))):
@@ -255,7 +256,7 @@ def _iter_aedat4_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
 
 
 def _write_aedat4(path: str, events: EventStream) -> None:
-    with open(path, "xb") as file:
+    with open(path, "wb") as file:
         aedat4.write_aedat4(file, events.height, events.width, events.t_us, events.x, events.y, events.p)
 
 
@@ -372,21 +373,20 @@ def iter_event_windows(
 
 
 def write_events(path: str | os.PathLike, events: EventStream, *, format: str | None = None, overwrite: bool = False) -> None:
-    """Write events in the format the extension (or ``format``) names; an existing file is kept unless ``overwrite``."""
+    """Write events in the format the extension (or ``format``) names; an existing file is kept unless ``overwrite``.
+
+    The file is written under a temporary name beside ``path`` and renamed over it only once complete, so a
+    writer that fails (AEDAT4 with negative times, a missing HDF5 plugin, a full disk) leaves ``path`` as it was.
+    """
     if not isinstance(events, EventStream):
-        raise TypeError(f"write_events needs an EventStream, got {type(events).__name__}")
-    if len(events) == 0:
-        raise ValueError(f"refusing to write an empty event stream to {os.fspath(path)}")
+        raise TypeError(f"events must be an EventStream, got {type(events).__name__}")
+    overwrite = checks.boolean("overwrite", overwrite)
     path = os.fspath(path)
     fmt = detect_format(path, format)
-    if os.path.exists(path):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        os.remove(path)
-    try:
-        _WRITERS[fmt](path, events)
-    except BaseException:
-        if os.path.exists(path):
-            os.remove(path)
-        raise
-
+    if len(events) == 0:
+        raise ValueError(f"refusing to write an empty event stream to {path}")
+    checks.writable_destination(path, "event file")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    with checks.atomic_output(path) as partial:
+        _WRITERS[fmt](os.fspath(partial), events)

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .clip import as_clip
 from .energy import MotionEnergy
 
@@ -179,8 +180,8 @@ class MotionEnergyAdapter(nn.Module):
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"config": json.dumps(self.config())})
+        with checks.atomic_output(path) as partial:
+            save_file(tensors, str(partial), metadata={"config": json.dumps(self.config())})
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MotionEnergyAdapter":

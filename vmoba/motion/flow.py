@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .clip import as_clip
 from .energy import MotionEnergy
 
@@ -191,8 +192,8 @@ class MotionFlowNet(nn.Module):
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"config": json.dumps(self.config), **{k: json.dumps(v) for k, v in metadata.items()}}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        with checks.atomic_output(path) as partial:
+            save_file(tensors, str(partial), metadata=meta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "MotionFlowNet":
