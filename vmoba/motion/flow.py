@@ -232,7 +232,13 @@ def estimate_flow(frames: Any, *, model: MotionFlowNet | None = None, iterations
     ``frames``: ``(T, H, W)`` grey or ``(T, 3, H, W)`` RGB intensities in [0, 1] (or a batch ``(B, T, ...)``),
     at least ``model.min_frames`` frames (7 for the shipped model). Returns ``(2, H, W)`` (``(B, 2, H, W)``
     for a batch) float32 on the device of ``frames``. Runs offline on the weights shipped with vmoba.
+    ``iterations``: recurrences of the integration stage (default: the model's own; 0 is the initial estimate).
+    Overshoot of resampling up to 0.1 past [0, 1] is clamped; channels-last input is refused with the fix.
     """
+    if model is not None and not isinstance(model, MotionFlowNet):
+        raise TypeError(f"model must be a MotionFlowNet (see load_flow_model) or None, got {type(model).__name__}")
+    if iterations is not None:
+        iterations = checks.integer("iterations", iterations, min=0)
     net = _default_model() if model is None else model
     device = frames.device if isinstance(frames, torch.Tensor) else torch.device("cpu")
     net = net.to(device)
