@@ -294,8 +294,7 @@ def _open_chunks(path: str | os.PathLike, format: str | None, sensor_size, chunk
     fmt = detect_format(path, format)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event file at {path}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of events, got {chunk_size}")
+    chunk_size = checks.integer("chunk_size", chunk_size, min=1)
     size = _file_sensor_size(path, fmt, sensor_size)
     return path, size, _READERS[fmt](path, chunk_size)
 
@@ -340,10 +339,9 @@ def iter_event_windows(
     through. Windows without events are yielded as empty streams, so window ``k`` always covers the k-th
     interval (frame-aligned processing needs that). ``t_start`` defaults to the first timestamp.
     """
-    if not window > 0:
-        raise ValueError(f"window must be a positive duration in seconds, got {window!r}")
+    window = checks.real("window", window, min=0, min_exclusive=True)
     path, size, chunks = _open_chunks(path, format, sensor_size, chunk_size)
-    origin = None if t_start is None else float(t_start)
+    origin = None if t_start is None else checks.real("t_start", t_start)
     pending: EventStream | None = None  # events of the window still open
     k = 0  # index of that window; edges are origin + k * window (no drift from repeated addition)
     for chunk in chunks:
