@@ -184,6 +184,15 @@ def test_corrupt_text_names_the_line(tmp_path):
     (tmp_path / "header.txt").write_text("four three\n0.1 0 0 1\n")
     with pytest.raises(ValueError, match="'width height'"):
         read_events(tmp_path / "header.txt")
+    (tmp_path / "nan.txt").write_text("4 3\n0.1 0 0 1\n\n0.2 1 1 nan\n")
+    with pytest.raises(ValueError, match=r"nan.txt, line 4: expected 't x y p' finite numbers"):
+        read_events(tmp_path / "nan.txt")
+    (tmp_path / "half.txt").write_text("4 3\n0.1 0 0 1\n0.2 1.5 1 1\n")
+    with pytest.raises(ValueError, match=r"half.txt, line 3: column x must hold integers, got 1.5"):
+        read_events(tmp_path / "half.txt")
+    (tmp_path / "negative.txt").write_text("-4 3\n0.1 0 0 1\n")
+    with pytest.raises(ValueError, match=r"negative.txt: sensor_size must be"):
+        read_events(tmp_path / "negative.txt")
 
 
 @pytest.mark.parametrize("ext", ["npz", "h5", "aedat4"])

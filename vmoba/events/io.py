@@ -96,15 +96,29 @@ def _iter_text_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
             if not lines:
                 return
             rows = _parse_text_rows(path, lines, line_no)
-            line_no += len(lines)
             if rows.size == 0:
+                line_no += len(lines)
                 continue
-            yield _as_int(path, "x", rows[:, 1]), _as_int(path, "y", rows[:, 2]), rows[:, 0], _as_int(path, "p", rows[:, 3])
+            where = _row_lines(lines, line_no)
+            line_no += len(lines)
+            bad = ~np.isfinite(rows).all(axis=1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"{path}, line {where[i]}: expected 't x y p' finite numbers, got {rows[i].tolist()}")
+            yield (_as_int(path, "x", rows[:, 1], where), _as_int(path, "y", rows[:, 2], where), rows[:, 0],
+                   _as_int(path, "p", rows[:, 3], where))
 
 
-def _as_int(path: str, name: str, values: np.ndarray) -> np.ndarray:
-    if not np.all(values == np.round(values)):
-        raise ValueError(f"{path}: column {name} must hold integers")
+def _row_lines(lines: list[str], first_line: int) -> np.ndarray:
+    """File line number of each parsed row (blank lines give no row)."""
+    return np.array([first_line + i for i, line in enumerate(lines) if line.split()], dtype=np.int64)
+
+
+def _as_int(path: str, name: str, values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    fractional = values != np.round(values)
+    if fractional.any():
+        i = int(np.argmax(fractional))
+        raise ValueError(f"{path}, line {where[i]}: column {name} must hold integers, got {values[i]!r}")
     return values.astype(np.int64)
 
 
@@ -266,19 +280,27 @@ _READERS = {"text": _iter_text_chunks, "npz": _iter_npz_chunks, "hdf5": _iter_h5
 _WRITERS = {"text": _write_text, "npz": _write_npz, "hdf5": _write_h5, "aedat4": _write_aedat4}
 
 
-def _file_sensor_size(path: str, fmt: str, sensor_size: Sequence[int] | None) -> tuple[int, int]:
+def _stored_sensor_size(path: str, fmt: str) -> tuple[int, int] | None:
     if fmt == "text":
         with open(path, encoding="ascii", errors="replace") as file:
             header = file.readline()
         if not header:
             raise ValueError(f"{path} is empty: an E2VID text file starts with a 'width height' line")
-        stored = _text_header(path, header)
-    elif fmt == "npz":
-        stored = _npz_sensor_size(path)
-    elif fmt == "hdf5":
-        stored = _h5_sensor_size(path)
-    else:
-        stored = aedat4.aedat4_sensor_size(path)
+        return _text_header(path, header)
+    if fmt == "npz":
+        return _npz_sensor_size(path)
+    if fmt == "hdf5":
+        return _h5_sensor_size(path)
+    return aedat4.aedat4_sensor_size(path)
+
+
+def _file_sensor_size(path: str, fmt: str, sensor_size: Sequence[int] | None) -> tuple[int, int]:
+    try:
+        stored = _stored_sensor_size(path, fmt)
+    except ValueError as error:
+        if path in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from None
     if sensor_size is not None:
         wanted = validate_sensor_size(sensor_size)
         if stored is not None and stored != wanted:
