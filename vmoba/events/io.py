@@ -118,7 +118,7 @@ def _as_int(path: str, name: str, values: np.ndarray, where: np.ndarray) -> np.n
     fractional = values != np.round(values)
     if fractional.any():
         i = int(np.argmax(fractional))
-        raise ValueError(f"{path}, line {where[i]}: column {name} must hold integers, got {values[i]!r}")
+        raise ValueError(f"{path}, line {where[i]}: column {name} must hold integers, got {float(values[i])!r}")
     return values.astype(np.int64)
 
 
