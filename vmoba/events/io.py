@@ -16,6 +16,7 @@ Format notes:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import zipfile
@@ -55,6 +56,22 @@ def _h5py(path: str):
     except ImportError:
         raise ImportError(f"reading or writing the HDF5 file {path} needs h5py and hdf5plugin: pip install 'vmoba[events]'") from None
     return h5py
+
+
+@contextlib.contextmanager
+def _damaged(path: str) -> Iterator[None]:
+    """Turn what a damaged file makes zipfile, numpy or h5py raise (BadZipFile, KeyError, RuntimeError, struct
+    and zlib errors, OSError, messages without the file's name) into a ValueError that names the file."""
+    try:
+        yield
+    except ValueError as error:
+        if path in str(error):
+            raise
+        raise ValueError(f"{path} is corrupt or truncated: {error}") from None
+    except (ImportError, MemoryError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except Exception as error:
+        raise ValueError(f"{path} is corrupt or truncated: {type(error).__name__}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -148,26 +165,41 @@ def _open_npz(path: str) -> zipfile.ZipFile:
     return archive
 
 
+def _npy_layout(path: str, key: str, member) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a member's .npy header, before any data is read (the header is a claim: nothing
+    is allocated from it until the bytes are there)."""
+    version = np.lib.format.read_magic(member)
+    read_header = _NPY_HEADERS.get(version)
+    if read_header is None:
+        raise ValueError(f"{path}: array {key} uses .npy format version {version}, not 1.0 or 2.0")
+    shape, fortran, dtype = read_header(member)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8 or fortran and len(shape) > 1:
+        raise ValueError(f"{path}: array {key} must hold plain numbers, got dtype {dtype.str}")
+    return shape, dtype
+
+
 def _npz_sensor_size(path: str) -> tuple[int, int]:
-    with _open_npz(path) as archive, archive.open("sensor_size.npy") as member:
-        return validate_sensor_size(np.lib.format.read_array(member).tolist())
+    with _damaged(path), _open_npz(path) as archive, archive.open("sensor_size.npy") as member:
+        shape, dtype = _npy_layout(path, "sensor_size", member)
+        if shape != (2,):
+            raise ValueError(f"{path}: sensor_size must be a (height, width) pair, got an array of shape {shape}")
+        raw = member.read(2 * dtype.itemsize)
+        if len(raw) != 2 * dtype.itemsize:
+            raise ValueError(f"{path}: array sensor_size is truncated")
+        return validate_sensor_size(np.frombuffer(raw, dtype=dtype).tolist())
 
 
 def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
     # Each member is read as a stream (zipfile inflates incrementally), so only one chunk of each array is
     # ever in memory, whether the npz was saved compressed or not.
-    with _open_npz(path) as archive:
+    with _damaged(path), _open_npz(path) as archive:
         members = {k: archive.open(f"{k}.npy") for k in ("x", "y", "t", "p")}
         try:
             layouts = {}
             for key, member in members.items():
-                version = np.lib.format.read_magic(member)
-                read_header = _NPY_HEADERS.get(version)
-                if read_header is None:
-                    raise ValueError(f"{path}: array {key} uses .npy format version {version}, not 1.0 or 2.0")
-                shape, _, dtype = read_header(member)
-                if len(shape) != 1 or dtype.hasobject:
-                    raise ValueError(f"{path}: array {key} must be a one-dimensional numeric array, got shape {shape}")
+                shape, dtype = _npy_layout(path, key, member)
+                if len(shape) != 1:
+                    raise ValueError(f"{path}: array {key} must be one-dimensional, got shape {shape}")
                 layouts[key] = (shape[0], dtype)
             lengths = {k: n for k, (n, _) in layouts.items()}
             if len(set(lengths.values())) != 1:
@@ -180,11 +212,9 @@ def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
                     dtype = layouts[key][1]
                     raw = members[key].read(count * dtype.itemsize)
                     if len(raw) != count * dtype.itemsize:
-                        raise ValueError(f"{path}: array {key} is truncated (expected {total} values)")
+                        raise ValueError(f"{path}: array {key} is truncated (its header claims {total} values)")
                     parts.append(np.frombuffer(raw, dtype=dtype))
                 yield parts[0], parts[1], parts[2].astype(np.float64), parts[3]
-        except (zipfile.BadZipFile, EOFError, OSError) as error:
-            raise ValueError(f"{path} is corrupt or truncated: {error}") from None
         finally:
             for member in members.values():
                 member.close()
@@ -214,30 +244,57 @@ def _open_h5(path: str):
 
 
 def _h5_sensor_size(path: str) -> tuple[int, int] | None:
-    with _open_h5(path) as file:
+    with _damaged(path), _open_h5(path) as file:
         attrs = file["events"].attrs
         if "height" in attrs and "width" in attrs:
-            return validate_sensor_size((int(attrs["height"]), int(attrs["width"])))
+            height, width = (np.asarray(attrs[k]) for k in ("height", "width"))
+            if height.shape != () or width.shape != ():
+                raise ValueError(f"{path}: events.attrs height and width must be single integers, got "
+                                 f"{height.tolist()!r} and {width.tolist()!r}")
+            return validate_sensor_size((height.item(), width.item()))
     return None
 
 
+def _h5_check_stored(path: str, name: str, data) -> None:
+    """Refuse a dataset whose shape claims more values than the file stores: HDF5 reads unwritten chunks as
+    fill values, so a header claiming 2**40 events would otherwise stream terabytes of zeros."""
+    needed = data.shape[0] if data.shape else 1
+    if needed == 0:
+        return
+    if data.chunks is not None:
+        chunks = -(-needed // data.chunks[0])
+        stored = data.id.get_num_chunks()
+        if stored < chunks:
+            raise ValueError(f"{path}: {name} claims {needed} values, but only {stored} of its {chunks} chunks are "
+                             f"stored (truncated or damaged)")
+    elif data.id.get_storage_size() == 0:  # contiguous storage is allocated whole or not at all
+        raise ValueError(f"{path}: {name} claims {needed} values, but none are stored")
+
+
 def _iter_h5_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
-    with _open_h5(path) as file:
+    with _damaged(path), _open_h5(path) as file:
         data = {k: file[f"events/{k}"] for k in ("x", "y", "t", "p")}
         lengths = {k: d.shape for k, d in data.items()}
         if len(set(lengths.values())) != 1 or len(lengths["t"]) != 1:
             raise ValueError(f"{path}: events/x, y, t, p must be one-dimensional and of one length, got {lengths}")
+        for key, dataset in data.items():
+            if dataset.dtype.kind not in "biuf":
+                raise ValueError(f"{path}: events/{key} must hold numbers, got dtype {dataset.dtype}")
+            _h5_check_stored(path, f"events/{key}", dataset)
         if not np.issubdtype(data["t"].dtype, np.integer):
             raise ValueError(f"{path}: events/t must hold integer microseconds, got dtype {data['t'].dtype}")
-        offset = int(file["t_offset"][()]) if "t_offset" in file else 0
+        offset = 0
+        if "t_offset" in file:
+            stored = file["t_offset"]
+            if not hasattr(stored, "shape") or stored.shape not in ((), (1,)) or stored.dtype.kind not in "iu":
+                raise ValueError(f"{path}: t_offset must be one integer (microseconds), got "
+                                 f"{getattr(stored, 'shape', type(stored).__name__)}")
+            offset = int(np.asarray(stored[()]).reshape(-1)[0])
         total = lengths["t"][0]
-        try:
-            for start in range(0, total, chunk_size):
-                part = slice(start, min(total, start + chunk_size))
-                t_us = data["t"][part].astype(np.int64) + offset
-                yield data["x"][part], data["y"][part], t_us * 1e-6, data["p"][part]
-        except OSError as error:
-            raise ValueError(f"{path} is corrupt or truncated: {error}") from None
+        for start in range(0, total, chunk_size):
+            part = slice(start, min(total, start + chunk_size))
+            t_us = data["t"][part].astype(np.int64) + offset
+            yield data["x"][part], data["y"][part], t_us * 1e-6, data["p"][part]
 
 
 def _write_h5(path: str, events: EventStream) -> None:
