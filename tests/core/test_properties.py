@@ -292,12 +292,15 @@ def test_config_fields_are_accepted_or_refused_by_name(field, value):
 # -- bugs found in the library (files outside this suite's reach); each keeps its failing example ------------
 
 
-@pytest.mark.xfail(strict=True, reason="vmoba/partition.py validate_grid rejects numpy integers: "
-                                       "grid=(np.int64(2), 2, 3) -> 'grid must be a ... tuple of positive integers'")
-def test_numpy_integer_grid_is_a_grid():
+@pytest.mark.xfail(strict=True, reason="numpy integers are refused: grid=(np.int64(2), 2, 3) by vmoba/partition.py "
+                                       "('grid must be a ... tuple of positive integers'), layer_idx=np.int64(0) by "
+                                       "vmoba/config.py ('layer_idx must be a non-negative integer')")
+@pytest.mark.parametrize("argument", ["grid", "layer_idx"])
+def test_numpy_integer_grid_and_layer_are_integers(argument):
     q = torch.randn(1, 12, 2, 4)
-    out = vmoba_attention(q, q, q, (np.int64(2), 2, 3), np.int64(0), VMoBAConfig(temporal_chunk=1))
-    assert torch.equal(out, vmoba_attention(q, q, q, (2, 2, 3), 0, VMoBAConfig(temporal_chunk=1)))
+    config = VMoBAConfig(temporal_chunk=1)
+    grid, layer = ((np.int64(2), 2, 3), 0) if argument == "grid" else ((2, 2, 3), np.int64(0))
+    assert torch.equal(vmoba_attention(q, q, q, grid, layer, config), vmoba_attention(q, q, q, (2, 2, 3), 0, config))
 
 
 @pytest.mark.xfail(strict=True, reason="vmoba/attention.py: text_len=np.int64(2) is refused as 'must be an integer'")
