@@ -77,6 +77,21 @@ def test_stream_arguments_of_files(tmp_path):
     assert EventStream.concatenate(windows) == EV and len(windows) == 4
 
 
+def test_conditioner_arguments_and_numpy_sizes_that_save(tmp_path):
+    from vmoba.events import EventResidualConditioner
+
+    for kwargs, error, words in (({"num_bins": 0}, ValueError, "num_bins must be >= 1"),
+                                 ({"channels": 12}, ValueError, "channels must be a multiple of 8"),
+                                 ({"channels": 8.0}, TypeError, "channels must be an integer"),
+                                 ({"recurrence": 0}, ValueError, "recurrence must be >= 1")):
+        with pytest.raises(error, match=words):
+            EventResidualConditioner(**kwargs)
+    conditioner = EventResidualConditioner(num_bins=np.int64(3), channels=np.int32(8), lowfreq_channels=8)
+    conditioner.save_pretrained(tmp_path / "c")  # the config is JSON: numpy integers must not reach it
+    loaded = EventResidualConditioner.from_pretrained(tmp_path / "c")
+    assert loaded.config.num_bins == 3 and type(loaded.config.num_bins) is int
+
+
 def test_numpy_and_torch_scalars_are_numbers():
     assert torch.equal(events_to_voxel_grid(EV, np.int64(3), normalize=np.bool_(True)),
                        events_to_voxel_grid(EV, 3, normalize=True))
