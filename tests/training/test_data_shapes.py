@@ -157,3 +157,16 @@ def test_a_failed_clip_leaves_the_previous_files_and_stays_replaceable(tmp_path,
     assert not [p for p in out.rglob("*partial*")]
     monkeypatch.undo()
     write_shapes_dataset(out, count=2, frames=5, size=32, seed=9, force=True)  # still all its own files
+
+
+def test_arguments_are_checked_before_anything_is_written(tmp_path):
+    for kwargs, error, words in (({"count": 0}, ValueError, "count must be >= 1"),
+                                 ({"count": 2.5}, TypeError, "count must be an integer"),
+                                 ({"fps": 0}, ValueError, "fps must be >= 1"),
+                                 ({"force": "yes"}, TypeError, "force must be True or False"),
+                                 ({"frames": 6}, ValueError, "4k\\+1")):
+        with pytest.raises(error, match=words):
+            write_shapes_dataset(tmp_path / "d", **{"count": 1, "frames": 5, "size": 32, **kwargs})
+        assert not (tmp_path / "d").exists()
+    write_shapes_dataset(tmp_path / "d", count=np.int64(1), frames=np.int32(5), size=32)
+    assert len((tmp_path / "d/captions.jsonl").read_text().splitlines()) == 1

@@ -132,6 +132,7 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
     seed = checks.integer("seed", seed, min=0)
     fps = checks.integer("fps", fps, min=1)
     force = checks.boolean("force", force)
+    progress = checks.boolean("progress", progress)
     if (frames - 1) % 4:
         raise ValueError(f"frames must be 4k+1 and at least 5 (Wan-family VAEs), got {frames}")
     if size < 32 or size % 16:
