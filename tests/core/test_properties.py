@@ -332,7 +332,7 @@ def test_a_non_finite_scale_is_refused(function, scale):
         call(q, q, q, (2, 2, 3), scale=scale)
 
 
-@pytest.mark.xfail(strict=True, reason="vmoba/selection.py select_blocks(q=numpy array) raises AttributeError "
+@pytest.mark.xfail(strict=True, reason="vmoba/attention.py select_blocks(q=numpy array) raises AttributeError "
                                        "(\'numpy.ndarray\' object has no attribute \'dim\'), not a TypeError naming q")
 def test_select_blocks_names_a_non_tensor_q():
     k = torch.randn(1, 12, 2, 4)
