@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import atomic_directory, atomic_output
 from .config import ConfigError, TrainConfig
 from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
-from ..checks import atomic_directory, atomic_output
 from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
                     save_checkpoint)
 
