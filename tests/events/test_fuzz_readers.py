@@ -148,6 +148,7 @@ def fuzz_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # a child interpreter imports torch, then reads 194 files
 def test_no_file_crashes_hangs_or_allocates_for_its_claims(fuzz_folder):
     files = sorted(os.listdir(fuzz_folder))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
