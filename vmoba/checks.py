@@ -53,6 +53,17 @@ def real(name: str, value: Any, *, min: float | None = None, max: float | None =
     return value
 
 
+def bound(name: str, value: Any) -> float:
+    """``value`` as a ``float`` that may be infinite (an open end of an interval) but never NaN."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number or +-inf (an open end), got nan")
+    return value
+
+
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")

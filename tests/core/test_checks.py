@@ -69,3 +69,12 @@ def test_writable_destination_refuses_folders_and_files_as_folders(tmp_path):
     with pytest.raises(ValueError, match="is a file, not a folder"):
         checks.writable_destination(tmp_path / "f" / "out.mp4")
     assert checks.writable_destination(tmp_path / "new" / "out.mp4").name == "out.mp4"
+
+
+def test_bounds_may_be_infinite_but_never_nan():
+    assert checks.bound("t_end", np.float64("inf")) == float("inf")
+    assert checks.bound("t_end", torch.tensor(-2)) == -2.0
+    with pytest.raises(ValueError, match=r"t_end must be a number or \+-inf \(an open end\), got nan"):
+        checks.bound("t_end", float("nan"))
+    with pytest.raises(TypeError, match="t_end must be a number"):
+        checks.bound("t_end", "1.0")

@@ -97,9 +97,42 @@ def test_pipeline_input_errors():
         pipe(EventStream([0], [0], [0.0], [1], (4, 4)))
     with pytest.raises(ValueError, match="outside the boundaries"):
         pipe(EventStream([0, 1], [0, 0], [0.0, 2.0], [1, 1], (4, 4)), frame_timestamps=[0.0, 1.0])
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 1, got -1"):
+        pipe(voxels=torch.zeros(1, 2, 3, 16, 16), num_inference_steps=-1)
+    with pytest.raises(ValueError, match="output_type must be one of"):
+        pipe(voxels=torch.zeros(1, 2, 3, 16, 16), output_type="pil")
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        pipe(EventStream([0, 1], [0, 0], [0.0, 2.0], [1, 1], (4, 4)), num_frames=0)
     bad_unet = build_denoiser(4, sample_size=16, block_out_channels=(8, 16))
     with pytest.raises(ValueError, match="conditioning channels"):
         EventToVideoPipeline(bad_unet, EventResidualConditioner(num_bins=3, channels=8), build_scheduler())
+
+
+def test_a_transposed_first_frame_is_refused_not_scrambled():
+    pipe = tiny_pipeline()
+    voxels = torch.zeros(1, 2, 3, 8, 16)
+    frame = torch.rand(8, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"first_frame must hold 1 frame\(s\) of 8x16 .*got \(16, 8\)"):
+        pipe(voxels=voxels, first_frame=frame.T, num_inference_steps=1)
+    # the layouts that are accepted all give the same video
+    runs = [pipe(voxels=voxels, first_frame=f, num_inference_steps=1, output_type="pt",
+                 generator=torch.Generator().manual_seed(1)).frames
+            for f in (frame, frame[None], frame[None, None], frame.numpy())]
+    assert all(torch.equal(r, runs[0]) for r in runs)
+    with pytest.raises(TypeError, match="first_frame must hold float intensities.*frame / 255"):
+        pipe(voxels=voxels, first_frame=(frame * 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("where", ["first_frame", "voxels"])
+def test_non_finite_inputs_are_refused_not_spread_into_the_video(where):
+    pipe = tiny_pipeline()
+    voxels, frame = torch.zeros(1, 3, 3, 16, 16), torch.full((16, 16), 0.5)
+    if where == "voxels":
+        voxels[0, 1, 2, 5, 7] = float("nan")
+    else:
+        frame[3, 4] = float("inf")
+    with pytest.raises(ValueError, match=f"{where} must be finite, got (nan|inf) at index"):
+        pipe(voxels=voxels, first_frame=frame, num_inference_steps=1)
 
 
 def test_a_few_training_steps_reduce_the_loss():

@@ -18,6 +18,18 @@ def random_stream(n=3000, seed=0, sensor=(31, 47), microseconds=True):
                        rng.integers(0, 2, n).astype(np.uint8), sensor)
 
 
+def _without_module(monkeypatch, missing):
+    """Make ``import missing`` fail as it does where the package is not installed."""
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        if name == missing:
+            raise ImportError(f"No module named {missing!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+
+
 @pytest.mark.parametrize("ext", FORMATS)
 def test_round_trip(tmp_path, ext):
     ev = random_stream()
@@ -112,6 +124,38 @@ def test_refuses_to_overwrite(tmp_path):
     assert read_events(path) == ev
 
 
+def _fails_aedat4_negative_times():
+    return EventStream([0], [0], [-1.0], [1], (4, 4)), "aedat4", "non-negative"
+
+
+def _fails_aedat4_wide_sensor():
+    return EventStream([0], [0], [1.0], [1], (4, 40000)), "aedat4", "int16"
+
+
+@pytest.mark.parametrize("make", [_fails_aedat4_negative_times, _fails_aedat4_wide_sensor])
+def test_a_failed_overwrite_keeps_the_old_file(tmp_path, make):
+    bad, ext, words = make()
+    path = tmp_path / f"e.{ext}"
+    good = random_stream(n=20)
+    write_events(path, good)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=words):
+        write_events(path, bad, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+
+
+def test_a_missing_hdf5_plugin_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "e.h5"
+    write_events(path, random_stream(n=20))
+    before = path.read_bytes()
+    _without_module(monkeypatch, "hdf5plugin")
+    with pytest.raises(ImportError, match="hdf5plugin"):
+        write_events(path, random_stream(n=30, seed=1), overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_empty_streams_and_files(tmp_path):
     with pytest.raises(ValueError, match="empty event stream"):
         write_events(tmp_path / "e.npz", EventStream([], [], [], [], (2, 2)))
@@ -135,16 +179,18 @@ def test_unsorted_and_outside_sensor_in_files(tmp_path):
         list(iter_event_windows(tmp_path / "unsorted.txt", 0.05, chunk_size=1))
 
 
-def test_corrupt_text_names_the_line(tmp_path):
-    (tmp_path / "bad.txt").write_text("4 3\n0.1 0 0 1\n0.2 1 oops 1\n")
-    with pytest.raises(ValueError, match=r"bad.txt, line 3: expected 't x y p'"):
-        read_events(tmp_path / "bad.txt")
-    (tmp_path / "short.txt").write_text("4 3\n0.1 0 0 1\n0.2 1 1\n")
-    with pytest.raises(ValueError, match=r"line 3"):
-        read_events(tmp_path / "short.txt")
-    (tmp_path / "header.txt").write_text("four three\n0.1 0 0 1\n")
-    with pytest.raises(ValueError, match="'width height'"):
-        read_events(tmp_path / "header.txt")
+@pytest.mark.parametrize("name, text, message", [
+    ("bad", "4 3\n0.1 0 0 1\n0.2 1 oops 1\n", r"bad.txt, line 3: expected 't x y p'"),
+    ("short", "4 3\n0.1 0 0 1\n0.2 1 1\n", r"short.txt, line 3"),
+    ("header", "four three\n0.1 0 0 1\n", r"header.txt: the first line must be 'width height'"),
+    ("nan", "4 3\n0.1 0 0 1\n\n0.2 1 1 nan\n", r"nan.txt, line 4: expected 't x y p' finite numbers"),
+    ("half", "4 3\n0.1 0 0 1\n0.2 1.5 1 1\n", r"half.txt, line 3: column x must hold integers, got 1.5"),
+    ("negative", "-4 3\n0.1 0 0 1\n", r"negative.txt: sensor_size must be"),
+])
+def test_corrupt_text_names_the_file_and_line(tmp_path, name, text, message):
+    (tmp_path / f"{name}.txt").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_events(tmp_path / f"{name}.txt")
 
 
 @pytest.mark.parametrize("ext", ["npz", "h5", "aedat4"])
@@ -191,14 +237,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 def test_aedat_missing_package_is_a_clear_error(tmp_path, monkeypatch):
     write_events(tmp_path / "e.aedat4", random_stream(n=10))
-    real_import = builtins.__import__
-
-    def no_aedat(name, *args, **kwargs):
-        if name == "aedat":
-            raise ImportError("No module named 'aedat'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_aedat)
+    _without_module(monkeypatch, "aedat")
     with pytest.raises(ImportError, match="pip install aedat"):
         read_events(tmp_path / "e.aedat4")
 

@@ -116,5 +116,5 @@ def test_bad_inputs():
         simulate_events(frames, torch.tensor([0.0, 0.1]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         simulate_events(frames * 2, torch.tensor([0.0, 0.1, 0.2]))
-    with pytest.raises(ValueError, match="contrast_threshold must be positive"):
+    with pytest.raises(ValueError, match="contrast_threshold must be > 0"):
         simulate_events(frames, torch.tensor([0.0, 0.1, 0.2]), contrast_threshold=0)

@@ -147,3 +147,17 @@ def test_clear_errors(wan):
     with pytest.raises(ValueError, match="does not divide"):
         model(**inputs)
     adapter.detach()
+
+
+def test_adapter_arguments_are_checked():
+    energy = MotionEnergy(num_orientations=2, num_scales=1)
+    for kwargs, error, words in (({"inner_dim": 0}, ValueError, "inner_dim must be >= 1"),
+                                 ({"inner_dim": 8, "hidden": 2.5}, TypeError, "hidden must be an integer"),
+                                 ({"inner_dim": 8, "scale": float("inf")}, ValueError, "scale must be a finite"),
+                                 ({"inner_dim": 8, "train_energy": "yes"}, TypeError, "train_energy must be True"),
+                                 ({"inner_dim": 8, "energy": "default"}, TypeError, "energy must be a MotionEnergy")):
+        with pytest.raises(error, match=words):
+            MotionEnergyAdapter(**{"energy": energy, **kwargs})
+    import numpy as np
+
+    assert MotionEnergyAdapter(np.int64(8), energy=energy, scale=np.float32(0.5)).inner_dim == 8

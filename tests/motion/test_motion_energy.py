@@ -211,6 +211,26 @@ def test_bad_arguments(me):
         MotionEnergy(kernel_size=10)
     with pytest.raises(ValueError, match="spatial_frequency must lie in"):
         MotionEnergy(spatial_frequency=0.6)
+    for kwargs, error, words in (
+        ({"num_orientations": 2.0}, TypeError, "num_orientations must be an integer"),
+        ({"num_scales": 0}, ValueError, "num_scales must be >= 1, got 0"),
+        ({"tau": float("nan")}, ValueError, "tau must be a finite number"),
+        ({"spatial_frequency": -0.1}, ValueError, "spatial_frequency must be > 0"),
+        ({"temporal_frequencies": 0.2}, TypeError, "temporal_frequencies must be a sequence"),
+        ({"temporal_frequencies": (0.2, "fast")}, TypeError, r"temporal_frequencies\[1\] must be a number"),
+    ):
+        with pytest.raises(error, match=words):
+            MotionEnergy(**kwargs)
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        me(torch.rand(9, 32, 32), normalize="no")
+
+
+def test_numpy_scalars_build_the_same_bank(me):
+    frames = torch.rand(9, 32, 32, generator=torch.Generator().manual_seed(0))
+    a = MotionEnergy(num_orientations=np.int64(4), num_scales=np.int32(2), tau=np.float32(3.0),
+                     temporal_frequencies=np.array([0.15, 0.3]))
+    b = MotionEnergy(num_orientations=4, num_scales=2, tau=3.0)
+    assert torch.equal(a(frames, temporal_bins=np.int64(2)), b(frames, temporal_bins=2))
 
 
 def test_parameters_stay_bounded_and_trainable():

@@ -105,11 +105,40 @@ def test_layouts_batches_and_sizes(model):
         (torch.full((9, 32, 32), float("inf")), ValueError, "non-finite"),
         (torch.rand(9, 32, 32) * 255, ValueError, r"\[0, 1\]"),
         (torch.rand(9, 8, 8), ValueError, "at least 16x16"),
+        (torch.rand(9, 32, 32) * 1.4 - 0.2, ValueError, r"\[0, 1\]"),
+        (torch.rand(9, 32, 40, 3), ValueError, r"channels-last \(T, H, W, 3\).*frames.permute\(0, 3, 1, 2\)"),
+        (torch.rand(2, 9, 32, 40, 3), ValueError, r"channels-last \(B, T, H, W, 3\).*permute\(0, 1, 4, 2, 3\)"),
     ],
 )
 def test_bad_input(model, frames, error, match):
     with pytest.raises(error, match=match):
         estimate_flow(frames, model=model)
+
+
+@pytest.mark.parametrize("iterations, error, match", [
+    (-1, ValueError, "iterations must be >= 0, got -1"), (2.5, TypeError, "iterations must be an integer"),
+    ("3", TypeError, "iterations must be an integer"),
+])
+def test_bad_iterations(model, iterations, error, match):
+    with pytest.raises(error, match=match):
+        estimate_flow(torch.rand(9, 32, 32), model=model, iterations=iterations)
+
+
+def test_numpy_integer_iterations_and_non_model(model):
+    frames = torch.rand(9, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(estimate_flow(frames, model=model, iterations=np.int64(2)),
+                       estimate_flow(frames, model=model, iterations=2))
+    with pytest.raises(TypeError, match="model must be a MotionFlowNet"):
+        estimate_flow(frames, model="flow.safetensors")
+
+
+def test_resampling_overshoot_is_clamped_without_an_error(model):
+    # a photo shifted by cubic interpolation rings a little past [0, 1]
+    frames, _ = image_clip(load_image("rocket"), (32, 32), 9, AffineMotion(0.8, 0.3))
+    ringing = frames.clone()
+    ringing[:, 3, 3], ringing[:, 5, 7] = -0.03, 1.05
+    ringing[:, 9, 9] = 1.1
+    assert torch.equal(estimate_flow(ringing, model=model), estimate_flow(ringing.clamp(0, 1), model=model))
 
 
 def naive_convex_upsample(flow, mask, s):
@@ -151,3 +180,23 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(net(frames), loaded(frames))
     with pytest.raises(FileNotFoundError):
         MotionFlowNet.from_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_a_failed_save_keeps_the_weights_that_were_there(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    net = MotionFlowNet(energy={"num_orientations": 2, "num_scales": 2}, integrator={"dim": 16, "iterations": 1})
+    path = tmp_path / "w.safetensors"
+    net.save_pretrained(path)
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        net.save_pretrained(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -63,3 +63,14 @@ def test_render_errors():
         energy_to_rgb(np.zeros((4, 3, 3), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="uint8"):
         to_pil(np.zeros((4, 4, 3), np.float32))
+
+
+def test_render_arguments_are_checked():
+    flow = torch.zeros(2, 4, 4)
+    with pytest.raises(ValueError, match="max_magnitude must be a finite number"):
+        flow_to_rgb(flow, max_magnitude=float("nan"))
+    assert np.array_equal(flow_to_rgb(flow, max_magnitude=np.float32(2)), flow_to_rgb(flow, max_magnitude=2.0))
+    with pytest.raises(ValueError, match="columns must be >= 1"):
+        energy_grid(torch.rand(4, 3, 3), 0)
+    with pytest.raises(ValueError, match="size must have 2 entries"):
+        energy_to_rgb(torch.rand(2, 3, 3), torch.zeros(2), size=(8,))

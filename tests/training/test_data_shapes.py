@@ -94,3 +94,79 @@ def test_prompt_grid_covers_every_color_shape_and_direction():
     assert len(grid) == len(COLORS) * len(SHAPES) * len(DIRECTIONS)
     assert {"prompt": "a red circle moves right", "color": "red", "shape": "circle", "direction": "right"} in grid
     assert all(set(g["prompt"].split()) <= set(VOCABULARY) for g in grid)
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_a_users_own_dataset(tmp_path):
+    own = tmp_path / "mine"
+    (own / "videos").mkdir(parents=True)
+    (own / "videos/000000.mp4").write_bytes(b"my holiday video")
+    (own / "videos/holiday.mp4").write_bytes(b"another one")
+    (own / "captions.jsonl").write_text('{"file": "videos/holiday.mp4", "caption": "a beach"}\n')
+    before = _tree(own)
+    with pytest.raises(FileExistsError, match=r"only replaces files that 'vmoba data shapes' wrote.*2 it did not "
+                                              r"write \(captions.jsonl, videos/000000.mp4\)"):
+        write_shapes_dataset(own, count=2, frames=5, size=32, force=True)
+    assert _tree(own) == before
+    res = _cli("data", "shapes", "--out", str(own), "--count", "2", "--frames", "5", "--size", "32", "--force",
+               cwd=tmp_path)
+    assert res.returncode == 2 and "did not write" in res.stderr, res.stderr
+    assert _tree(own) == before
+
+
+def test_force_replaces_its_own_files_but_not_ones_changed_since(tmp_path):
+    out = tmp_path / "d"
+    write_shapes_dataset(out, count=3, frames=5, size=32, seed=1)
+    first = _tree(out)
+    # unchanged own files are replaced, extra own clips of a larger earlier run removed, other files kept
+    (out / "notes.txt").write_text("keep me")
+    write_shapes_dataset(out, count=2, frames=5, size=32, seed=1, force=True)
+    after = _tree(out)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["000000.mp4", "000001.mp4"]
+    assert after["videos/000000.mp4"] == first["videos/000000.mp4"] and after["notes.txt"] == b"keep me"
+    # a clip the user edited afterwards is theirs now
+    (out / "videos/000001.mp4").write_bytes(b"edited by hand")
+    edited = _tree(out)
+    with pytest.raises(FileExistsError, match=r"1 changed since it wrote them \(videos/000001.mp4\)"):
+        write_shapes_dataset(out, count=2, frames=5, size=32, seed=2, force=True)
+    assert _tree(out) == edited
+
+
+def test_a_failed_clip_leaves_the_previous_files_and_stays_replaceable(tmp_path, monkeypatch):
+    import vmoba.video
+
+    out = tmp_path / "d"
+    write_shapes_dataset(out, count=2, frames=5, size=32)
+    before = _tree(out)
+    real = vmoba.video.write_video
+    calls = []
+
+    def fail_second(path, frames, **kwargs):
+        calls.append(path)
+        real(path, frames, **kwargs)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(vmoba.video, "write_video", fail_second)
+    with pytest.raises(OSError, match="No space"):
+        write_shapes_dataset(out, count=2, frames=5, size=32, seed=9, force=True)
+    assert _tree(out)["videos/000001.mp4"] == before["videos/000001.mp4"]
+    assert not [p for p in out.rglob("*partial*")]
+    monkeypatch.undo()
+    write_shapes_dataset(out, count=2, frames=5, size=32, seed=9, force=True)  # still all its own files
+
+
+def test_arguments_are_checked_before_anything_is_written(tmp_path):
+    for kwargs, error, words in (({"count": 0}, ValueError, "count must be >= 1"),
+                                 ({"count": 2.5}, TypeError, "count must be an integer"),
+                                 ({"fps": 0}, ValueError, "fps must be >= 1"),
+                                 ({"force": "yes"}, TypeError, "force must be True or False"),
+                                 ({"frames": 6}, ValueError, "4k\\+1")):
+        with pytest.raises(error, match=words):
+            write_shapes_dataset(tmp_path / "d", **{"count": 1, "frames": 5, "size": 32, **kwargs})
+        assert not (tmp_path / "d").exists()
+    write_shapes_dataset(tmp_path / "d", count=np.int64(1), frames=np.int32(5), size=32)
+    assert len((tmp_path / "d/captions.jsonl").read_text().splitlines()) == 1

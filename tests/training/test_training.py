@@ -225,6 +225,18 @@ def test_runs_refuse_to_overwrite_checkpoints_or_change_what_resuming_reproduces
     assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [2, 3]
 
 
+def test_runs_never_overwrite_or_append_to_files_they_did_not_write(tmp_path, data):
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"_class_name": "WanTransformer3DModel"}')  # a model folder, say
+    (foreign / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    before = _digest(foreign)
+    for resume in (None, "latest"):
+        with pytest.raises(ConfigError, match=r"holds config.json, log.jsonl that vmoba training did not write"):
+            run(_config(tmp_path, data, training={"resume_from": resume}))
+        assert _digest(foreign) == before
+
+
 # -- cache, validation, export ----------------------------------------------------------------------------
 
 

@@ -61,10 +61,25 @@ def test_minimal_config_and_defaults():
     ("autoencoder.mid_attention", "off", "autoencoder.mid_attention must be one of train, identity"),
     ("autoencoder.sample_posterior", "no", "autoencoder.sample_posterior must be true or false"),
     ("data", ["root"], "data must be a mapping"),
+    ("training.learning_rate", float("nan"), "training.learning_rate must be a finite number, got nan"),
+    ("training.max_minutes", float("inf"), "training.max_minutes must be a finite number, got inf"),
+    ("training.batch_size", True, "training.batch_size must be an integer"),
 ])
 def test_bad_fields_are_named(path, value, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(_with(path, value), source="train.yaml")
+
+
+def test_numpy_and_torch_scalars_are_numbers_like_any_other():
+    import numpy as np
+    import torch
+
+    c = config_from_dict(_with("training.batch_size", np.int64(3)))
+    assert c.training.batch_size == 3 and type(c.training.batch_size) is int
+    c = config_from_dict(_with("training.learning_rate", np.float32(0.25)))
+    assert c.training.learning_rate == 0.25 and type(c.training.learning_rate) is float
+    assert config_from_dict(_with("training.max_steps", torch.tensor(7))).training.max_steps == 7
+    assert config_from_dict(_with("data.preload", np.bool_(True))).data.preload is True
 
 
 def test_combinations_that_cannot_run():

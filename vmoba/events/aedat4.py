@@ -8,6 +8,7 @@ dependency and keeps every offset visible. Compression is ``NONE``: DV and ``aed
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Iterator
 
@@ -55,14 +56,52 @@ def _event_packet(t_us: np.ndarray, x: np.ndarray, y: np.ndarray, on: np.ndarray
 
 
 def write_aedat4(file, height: int, width: int, t_us: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> None:
-    if int(t_us.min()) < 0 or max(height, width) > 32767:
-        raise ValueError("AEDAT4 stores non-negative int64 microseconds and int16 coordinates")
+    if int(t_us.min()) < 0:
+        raise ValueError(f"events: AEDAT4 stores non-negative int64 microseconds, got t={int(t_us.min())} us; "
+                         f"shift the timestamps or write another format")
+    if max(height, width) > 32767:
+        raise ValueError(f"events: AEDAT4 stores int16 coordinates, so the sensor can be at most 32767 pixels a side, "
+                         f"got sensor_size={(height, width)}; write another format")
     header = _io_header(_description(height, width))
     file.write(MAGIC + struct.pack("<I", len(header)) + header)
     for start in range(0, len(t_us), PACKET_EVENTS):
         part = slice(start, start + PACKET_EVENTS)
         packet = _event_packet(t_us[part], x[part], y[part], p[part] > 0)
         file.write(struct.pack("<II", 0, len(packet)) + packet)
+
+
+# Exceptions of the Rust decoder: it raises RuntimeError/OSError, and on some damaged input a pyo3
+# PanicException, which derives from BaseException; anything but an interrupt is a damaged file.
+_NOT_DAMAGE = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def check_layout(path: str) -> None:
+    """Walk the file's size fields before any decoder sees them: the magic, the IO header's size, then each
+    packet's ``(stream id, size)`` prefix, each size within the bytes that remain. The decoder allocates what
+    these fields claim (a 4 GB claim aborts the interpreter), so a file whose claims exceed its own length is
+    refused here. Reads 8 bytes per packet."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        if file.read(len(MAGIC)) != MAGIC:
+            raise ValueError(f"{path} is not an AEDAT4 file (it does not start with {MAGIC!r})")
+        prefix = file.read(4)
+        if len(prefix) < 4:
+            raise ValueError(f"the AEDAT4 file {path} is truncated inside its header")
+        header = struct.unpack("<I", prefix)[0]
+        position = len(MAGIC) + 4 + header
+        if position > size:
+            raise ValueError(f"the AEDAT4 file {path} is corrupt or truncated: its header claims {header} bytes, "
+                             f"but the file has {size - len(MAGIC) - 4} after the magic")
+        while position < size:
+            file.seek(position)
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise ValueError(f"the AEDAT4 file {path} is truncated: {size - position} stray bytes at byte {position}")
+            _, length = struct.unpack("<iI", prefix)
+            if position + 8 + length > size:
+                raise ValueError(f"the AEDAT4 file {path} is corrupt or truncated: the packet at byte {position} claims "
+                                 f"{length} bytes, but only {size - position - 8} remain")
+            position += 8 + length
 
 
 def _decoder(path: str):
@@ -72,9 +111,12 @@ def _decoder(path: str):
         raise ImportError(
             f"reading the AEDAT4 file {path} needs the optional 'aedat' package: pip install aedat"
         ) from None
+    check_layout(path)
     try:
         return aedat.Decoder(path)
-    except Exception as error:  # the Rust decoder raises plain RuntimeError/OSError
+    except _NOT_DAMAGE:
+        raise
+    except BaseException as error:
         raise ValueError(f"{path} is not a readable AEDAT4 file: {error}") from None
 
 
@@ -92,10 +134,16 @@ def iter_aedat4_chunks(path: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.n
     stream_ids = [i for i, info in decoder.id_to_stream().items() if info.get("type") == "events"]
     if not stream_ids:
         raise ValueError(f"the AEDAT4 file {path} has no event stream")
-    try:
-        for packet in decoder:
-            if packet["stream_id"] == stream_ids[0] and "events" in packet:
-                ev = packet["events"]
-                yield ev["x"], ev["y"], ev["t"].astype(np.int64), ev["on"]
-    except Exception as error:
-        raise ValueError(f"the AEDAT4 file {path} is corrupt or truncated: {error}") from None
+    packets = iter(decoder)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except _NOT_DAMAGE:
+            raise
+        except BaseException as error:
+            raise ValueError(f"the AEDAT4 file {path} is corrupt or truncated: {error}") from None
+        if packet["stream_id"] == stream_ids[0] and "events" in packet:
+            ev = packet["events"]
+            yield ev["x"], ev["y"], ev["t"].astype(np.int64), ev["on"]

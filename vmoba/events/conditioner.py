@@ -25,6 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .. import checks
 from ..crisscross import RecurrentCrissCrossAttention
 
 
@@ -89,8 +90,15 @@ class EventResidualConditioner(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_bins: int = 5, channels: int = 32, lowfreq_channels: int = 32, recurrence: int = 2):
         super().__init__()
+        num_bins = checks.integer("EventResidualConditioner.num_bins", num_bins, min=1)
+        channels = checks.integer("EventResidualConditioner.channels", channels, min=8)
+        lowfreq_channels = checks.integer("EventResidualConditioner.lowfreq_channels", lowfreq_channels, min=2)
+        recurrence = checks.integer("EventResidualConditioner.recurrence", recurrence, min=1)
         if channels % 8:
             raise ValueError(f"EventResidualConditioner.channels must be a multiple of 8, got {channels}")
+        # the recorded config must hold plain ints (numpy ones would not survive save_pretrained's JSON)
+        self.register_to_config(num_bins=num_bins, channels=channels, lowfreq_channels=lowfreq_channels,
+                                recurrence=recurrence)
         self.lowfreq_estimator = LowFrequencyEstimator(num_bins, lowfreq_channels)
         self.embed = _conv(num_bins, channels, 2)
         self.encoder = ConvGRUCell(channels, channels)

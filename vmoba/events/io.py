@@ -16,6 +16,7 @@ Format notes:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import zipfile
@@ -23,6 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .. import checks
 from . import aedat4
 from .stream import EventStream, validate_sensor_size
 
@@ -54,6 +56,22 @@ def _h5py(path: str):
     except ImportError:
         raise ImportError(f"reading or writing the HDF5 file {path} needs h5py and hdf5plugin: pip install 'vmoba[events]'") from None
     return h5py
+
+
+@contextlib.contextmanager
+def _damaged(path: str) -> Iterator[None]:
+    """Turn what a damaged file makes zipfile, numpy or h5py raise (BadZipFile, KeyError, RuntimeError, struct
+    and zlib errors, OSError, messages without the file's name) into a ValueError that names the file."""
+    try:
+        yield
+    except ValueError as error:
+        if path in str(error):
+            raise
+        raise ValueError(f"{path} is corrupt or truncated: {error}") from None
+    except (ImportError, MemoryError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except Exception as error:
+        raise ValueError(f"{path} is corrupt or truncated: {type(error).__name__}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -95,20 +113,34 @@ def _iter_text_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
             if not lines:
                 return
             rows = _parse_text_rows(path, lines, line_no)
-            line_no += len(lines)
             if rows.size == 0:
+                line_no += len(lines)
                 continue
-            yield _as_int(path, "x", rows[:, 1]), _as_int(path, "y", rows[:, 2]), rows[:, 0], _as_int(path, "p", rows[:, 3])
+            where = _row_lines(lines, line_no)
+            line_no += len(lines)
+            bad = ~np.isfinite(rows).all(axis=1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"{path}, line {where[i]}: expected 't x y p' finite numbers, got {rows[i].tolist()}")
+            yield (_as_int(path, "x", rows[:, 1], where), _as_int(path, "y", rows[:, 2], where), rows[:, 0],
+                   _as_int(path, "p", rows[:, 3], where))
 
 
-def _as_int(path: str, name: str, values: np.ndarray) -> np.ndarray:
-    if not np.all(values == np.round(values)):
-        raise ValueError(f"{path}: column {name} must hold integers")
+def _row_lines(lines: list[str], first_line: int) -> np.ndarray:
+    """File line number of each parsed row (blank lines give no row)."""
+    return np.array([first_line + i for i, line in enumerate(lines) if line.split()], dtype=np.int64)
+
+
+def _as_int(path: str, name: str, values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    fractional = values != np.round(values)
+    if fractional.any():
+        i = int(np.argmax(fractional))
+        raise ValueError(f"{path}, line {where[i]}: column {name} must hold integers, got {float(values[i])!r}")
     return values.astype(np.int64)
 
 
 def _write_text(path: str, events: EventStream) -> None:
-    with open(path, "x", encoding="ascii") as file:
+    with open(path, "w", encoding="ascii") as file:
         file.write(f"{events.width} {events.height}\n")
         rows = np.empty(len(events), dtype=[("t", "f8"), ("x", "i8"), ("y", "i8"), ("p", "i8")])
         rows["t"], rows["x"], rows["y"], rows["p"] = events.t, events.x, events.y, (events.p > 0)
@@ -133,26 +165,41 @@ def _open_npz(path: str) -> zipfile.ZipFile:
     return archive
 
 
+def _npy_layout(path: str, key: str, member) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a member's .npy header, before any data is read (the header is a claim: nothing
+    is allocated from it until the bytes are there)."""
+    version = np.lib.format.read_magic(member)
+    read_header = _NPY_HEADERS.get(version)
+    if read_header is None:
+        raise ValueError(f"{path}: array {key} uses .npy format version {version}, not 1.0 or 2.0")
+    shape, fortran, dtype = read_header(member)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8 or fortran and len(shape) > 1:
+        raise ValueError(f"{path}: array {key} must hold plain numbers, got dtype {dtype.str}")
+    return shape, dtype
+
+
 def _npz_sensor_size(path: str) -> tuple[int, int]:
-    with _open_npz(path) as archive, archive.open("sensor_size.npy") as member:
-        return validate_sensor_size(np.lib.format.read_array(member).tolist())
+    with _damaged(path), _open_npz(path) as archive, archive.open("sensor_size.npy") as member:
+        shape, dtype = _npy_layout(path, "sensor_size", member)
+        if shape != (2,):
+            raise ValueError(f"{path}: sensor_size must be a (height, width) pair, got an array of shape {shape}")
+        raw = member.read(2 * dtype.itemsize)
+        if len(raw) != 2 * dtype.itemsize:
+            raise ValueError(f"{path}: array sensor_size is truncated")
+        return validate_sensor_size(np.frombuffer(raw, dtype=dtype).tolist())
 
 
 def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
     # Each member is read as a stream (zipfile inflates incrementally), so only one chunk of each array is
     # ever in memory, whether the npz was saved compressed or not.
-    with _open_npz(path) as archive:
+    with _damaged(path), _open_npz(path) as archive:
         members = {k: archive.open(f"{k}.npy") for k in ("x", "y", "t", "p")}
         try:
             layouts = {}
             for key, member in members.items():
-                version = np.lib.format.read_magic(member)
-                read_header = _NPY_HEADERS.get(version)
-                if read_header is None:
-                    raise ValueError(f"{path}: array {key} uses .npy format version {version}, not 1.0 or 2.0")
-                shape, _, dtype = read_header(member)
-                if len(shape) != 1 or dtype.hasobject:
-                    raise ValueError(f"{path}: array {key} must be a one-dimensional numeric array, got shape {shape}")
+                shape, dtype = _npy_layout(path, key, member)
+                if len(shape) != 1:
+                    raise ValueError(f"{path}: array {key} must be one-dimensional, got shape {shape}")
                 layouts[key] = (shape[0], dtype)
             lengths = {k: n for k, (n, _) in layouts.items()}
             if len(set(lengths.values())) != 1:
@@ -165,11 +212,9 @@ def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
                     dtype = layouts[key][1]
                     raw = members[key].read(count * dtype.itemsize)
                     if len(raw) != count * dtype.itemsize:
-                        raise ValueError(f"{path}: array {key} is truncated (expected {total} values)")
+                        raise ValueError(f"{path}: array {key} is truncated (its header claims {total} values)")
                     parts.append(np.frombuffer(raw, dtype=dtype))
                 yield parts[0], parts[1], parts[2].astype(np.float64), parts[3]
-        except (zipfile.BadZipFile, EOFError, OSError) as error:
-            raise ValueError(f"{path} is corrupt or truncated: {error}") from None
         finally:
             for member in members.values():
                 member.close()
@@ -177,7 +222,7 @@ def _iter_npz_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
 
 def _write_npz(path: str, events: EventStream) -> None:
     coord = np.uint16 if max(events.sensor_size) <= 65535 else np.int64
-    with open(path, "xb") as file:
+    with open(path, "wb") as file:
         np.savez(file, x=events.x.astype(coord), y=events.y.astype(coord), t=events.t, p=events.p,
                  sensor_size=np.asarray(events.sensor_size, dtype=np.int64))
 
@@ -199,30 +244,57 @@ def _open_h5(path: str):
 
 
 def _h5_sensor_size(path: str) -> tuple[int, int] | None:
-    with _open_h5(path) as file:
+    with _damaged(path), _open_h5(path) as file:
         attrs = file["events"].attrs
         if "height" in attrs and "width" in attrs:
-            return validate_sensor_size((int(attrs["height"]), int(attrs["width"])))
+            height, width = (np.asarray(attrs[k]) for k in ("height", "width"))
+            if height.shape != () or width.shape != ():
+                raise ValueError(f"{path}: events.attrs height and width must be single integers, got "
+                                 f"{height.tolist()!r} and {width.tolist()!r}")
+            return validate_sensor_size((height.item(), width.item()))
     return None
 
 
+def _h5_check_stored(path: str, name: str, data) -> None:
+    """Refuse a dataset whose shape claims more values than the file stores: HDF5 reads unwritten chunks as
+    fill values, so a header claiming 2**40 events would otherwise stream terabytes of zeros."""
+    needed = data.shape[0] if data.shape else 1
+    if needed == 0:
+        return
+    if data.chunks is not None:
+        chunks = -(-needed // data.chunks[0])
+        stored = data.id.get_num_chunks()
+        if stored < chunks:
+            raise ValueError(f"{path}: {name} claims {needed} values, but only {stored} of its {chunks} chunks are "
+                             f"stored (truncated or damaged)")
+    elif data.id.get_storage_size() == 0:  # contiguous storage is allocated whole or not at all
+        raise ValueError(f"{path}: {name} claims {needed} values, but none are stored")
+
+
 def _iter_h5_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
-    with _open_h5(path) as file:
+    with _damaged(path), _open_h5(path) as file:
         data = {k: file[f"events/{k}"] for k in ("x", "y", "t", "p")}
         lengths = {k: d.shape for k, d in data.items()}
         if len(set(lengths.values())) != 1 or len(lengths["t"]) != 1:
             raise ValueError(f"{path}: events/x, y, t, p must be one-dimensional and of one length, got {lengths}")
+        for key, dataset in data.items():
+            if dataset.dtype.kind not in "biuf":
+                raise ValueError(f"{path}: events/{key} must hold numbers, got dtype {dataset.dtype}")
+            _h5_check_stored(path, f"events/{key}", dataset)
         if not np.issubdtype(data["t"].dtype, np.integer):
             raise ValueError(f"{path}: events/t must hold integer microseconds, got dtype {data['t'].dtype}")
-        offset = int(file["t_offset"][()]) if "t_offset" in file else 0
+        offset = 0
+        if "t_offset" in file:
+            stored = file["t_offset"]
+            if not hasattr(stored, "shape") or stored.shape not in ((), (1,)) or stored.dtype.kind not in "iu":
+                raise ValueError(f"{path}: t_offset must be one integer (microseconds), got "
+                                 f"{getattr(stored, 'shape', type(stored).__name__)}")
+            offset = int(np.asarray(stored[()]).reshape(-1)[0])
         total = lengths["t"][0]
-        try:
-            for start in range(0, total, chunk_size):
-                part = slice(start, min(total, start + chunk_size))
-                t_us = data["t"][part].astype(np.int64) + offset
-                yield data["x"][part], data["y"][part], t_us * 1e-6, data["p"][part]
-        except OSError as error:
-            raise ValueError(f"{path} is corrupt or truncated: {error}") from None
+        for start in range(0, total, chunk_size):
+            part = slice(start, min(total, start + chunk_size))
+            t_us = data["t"][part].astype(np.int64) + offset
+            yield data["x"][part], data["y"][part], t_us * 1e-6, data["p"][part]
 
 
 def _write_h5(path: str, events: EventStream) -> None:
@@ -236,7 +308,7 @@ def _write_h5(path: str, events: EventStream) -> None:
     coord = np.uint16 if max(events.sensor_size) <= 65535 else np.int64
     blosc = hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE)
     ms = np.arange(int(relative[-1]) // 1000 + 2, dtype=np.int64) * 1000
-    with h5py.File(path, "x") as file:
+    with h5py.File(path, "w") as file:
         group = file.create_group("events")
         for name, values in (("x", events.x.astype(coord)), ("y", events.y.astype(coord)),
                              ("t", relative.astype(t_dtype)), ("p", (events.p > 0).astype(np.uint8))):
@@ -255,7 +327,7 @@ def _iter_aedat4_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
 
 
 def _write_aedat4(path: str, events: EventStream) -> None:
-    with open(path, "xb") as file:
+    with open(path, "wb") as file:
         aedat4.write_aedat4(file, events.height, events.width, events.t_us, events.x, events.y, events.p)
 
 
@@ -265,19 +337,27 @@ _READERS = {"text": _iter_text_chunks, "npz": _iter_npz_chunks, "hdf5": _iter_h5
 _WRITERS = {"text": _write_text, "npz": _write_npz, "hdf5": _write_h5, "aedat4": _write_aedat4}
 
 
-def _file_sensor_size(path: str, fmt: str, sensor_size: Sequence[int] | None) -> tuple[int, int]:
+def _stored_sensor_size(path: str, fmt: str) -> tuple[int, int] | None:
     if fmt == "text":
         with open(path, encoding="ascii", errors="replace") as file:
             header = file.readline()
         if not header:
             raise ValueError(f"{path} is empty: an E2VID text file starts with a 'width height' line")
-        stored = _text_header(path, header)
-    elif fmt == "npz":
-        stored = _npz_sensor_size(path)
-    elif fmt == "hdf5":
-        stored = _h5_sensor_size(path)
-    else:
-        stored = aedat4.aedat4_sensor_size(path)
+        return _text_header(path, header)
+    if fmt == "npz":
+        return _npz_sensor_size(path)
+    if fmt == "hdf5":
+        return _h5_sensor_size(path)
+    return aedat4.aedat4_sensor_size(path)
+
+
+def _file_sensor_size(path: str, fmt: str, sensor_size: Sequence[int] | None) -> tuple[int, int]:
+    try:
+        stored = _stored_sensor_size(path, fmt)
+    except ValueError as error:
+        if path in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from None
     if sensor_size is not None:
         wanted = validate_sensor_size(sensor_size)
         if stored is not None and stored != wanted:
@@ -293,8 +373,7 @@ def _open_chunks(path: str | os.PathLike, format: str | None, sensor_size, chunk
     fmt = detect_format(path, format)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event file at {path}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of events, got {chunk_size}")
+    chunk_size = checks.integer("chunk_size", chunk_size, min=1)
     size = _file_sensor_size(path, fmt, sensor_size)
     return path, size, _READERS[fmt](path, chunk_size)
 
@@ -339,10 +418,9 @@ def iter_event_windows(
     through. Windows without events are yielded as empty streams, so window ``k`` always covers the k-th
     interval (frame-aligned processing needs that). ``t_start`` defaults to the first timestamp.
     """
-    if not window > 0:
-        raise ValueError(f"window must be a positive duration in seconds, got {window!r}")
+    window = checks.real("window", window, min=0, min_exclusive=True)
     path, size, chunks = _open_chunks(path, format, sensor_size, chunk_size)
-    origin = None if t_start is None else float(t_start)
+    origin = None if t_start is None else checks.real("t_start", t_start)
     pending: EventStream | None = None  # events of the window still open
     k = 0  # index of that window; edges are origin + k * window (no drift from repeated addition)
     for chunk in chunks:
@@ -372,21 +450,20 @@ def iter_event_windows(
 
 
 def write_events(path: str | os.PathLike, events: EventStream, *, format: str | None = None, overwrite: bool = False) -> None:
-    """Write events in the format the extension (or ``format``) names; an existing file is kept unless ``overwrite``."""
+    """Write events in the format the extension (or ``format``) names; an existing file is kept unless ``overwrite``.
+
+    The file is written under a temporary name beside ``path`` and renamed over it only once complete, so a
+    writer that fails (AEDAT4 with negative times, a missing HDF5 plugin, a full disk) leaves ``path`` as it was.
+    """
     if not isinstance(events, EventStream):
-        raise TypeError(f"write_events needs an EventStream, got {type(events).__name__}")
-    if len(events) == 0:
-        raise ValueError(f"refusing to write an empty event stream to {os.fspath(path)}")
+        raise TypeError(f"events must be an EventStream, got {type(events).__name__}")
+    overwrite = checks.boolean("overwrite", overwrite)
     path = os.fspath(path)
     fmt = detect_format(path, format)
-    if os.path.exists(path):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        os.remove(path)
-    try:
-        _WRITERS[fmt](path, events)
-    except BaseException:
-        if os.path.exists(path):
-            os.remove(path)
-        raise
-
+    if len(events) == 0:
+        raise ValueError(f"refusing to write an empty event stream to {path}")
+    checks.writable_destination(path, "event file")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    with checks.atomic_output(path) as partial:
+        _WRITERS[fmt](os.fspath(partial), events)

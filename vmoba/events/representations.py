@@ -7,7 +7,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import checks
 from .stream import EventStream
+
+
+def _stream(events) -> EventStream:
+    if not isinstance(events, EventStream):
+        raise TypeError(f"events must be an EventStream, got {type(events).__name__}")
+    return events
 
 
 def _time_range(events: EventStream, t_range: tuple[float, float] | None, what: str) -> tuple[float, float]:
@@ -15,7 +22,11 @@ def _time_range(events: EventStream, t_range: tuple[float, float] | None, what: 
         if len(events) == 0:
             raise ValueError(f"{what} of an empty event stream needs an explicit t_range=(t0, t1)")
         return float(events.t[0]), float(events.t[-1])
-    t0, t1 = (float(v) for v in t_range)
+    try:
+        t0, t1 = t_range
+    except (TypeError, ValueError):
+        raise ValueError(f"t_range must be a pair (t0, t1) of times in seconds, got {t_range!r}") from None
+    t0, t1 = checks.real("t_range[0]", t0), checks.real("t_range[1]", t1)
     if not t1 >= t0:
         raise ValueError(f"t_range must satisfy t0 <= t1, got {t_range!r}")
     if len(events) and (events.t[0] < t0 or events.t[-1] > t1):
@@ -46,8 +57,11 @@ def events_to_voxel_grid(
     ``normalize`` shifts and scales the non-zero voxels to zero mean and unit (population) standard deviation;
     zeros stay zero so "no events" remains distinguishable.
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+    events = _stream(events)
+    num_bins = checks.integer("num_bins", num_bins, min=1)
+    normalize = checks.boolean("normalize", normalize)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     t0, t1 = _time_range(events, t_range, "a voxel grid")
     H, W = events.sensor_size
     # accumulate in float64 so long streams do not lose small contributions, cast at the end
@@ -80,8 +94,13 @@ def events_to_voxel_windows(events: EventStream, boundaries: Sequence[float], nu
 
     Each interval is ``[b_k, b_{k+1})`` except the last, which is closed so an event at the final boundary counts.
     """
-    edges = np.asarray(boundaries, dtype=np.float64)
-    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.diff(edges) > 0):
+    events = _stream(events)
+    num_bins = checks.integer("num_bins", num_bins, min=1)
+    try:
+        edges = np.asarray(boundaries, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"boundaries must be at least 2 strictly increasing times, got {boundaries!r}") from None
+    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)) or not np.all(np.diff(edges) > 0):
         raise ValueError(f"boundaries must be at least 2 strictly increasing times, got {boundaries!r}")
     if len(events) and (events.t[0] < edges[0] or events.t[-1] > edges[-1]):
         raise ValueError(
@@ -97,6 +116,8 @@ def events_to_voxel_windows(events: EventStream, boundaries: Sequence[float], nu
 
 def events_to_frame(events: EventStream, *, split_polarity: bool = True) -> torch.Tensor:
     """Event counts per pixel: ``[2, H, W]`` (OFF, ON) or, with ``split_polarity=False``, ``[H, W]`` net polarity."""
+    events = _stream(events)
+    split_polarity = checks.boolean("split_polarity", split_polarity)
     H, W = events.sensor_size
     pix = _flat_index(events)
     if split_polarity:
@@ -116,12 +137,14 @@ def events_to_time_surface(
 
     ``t_ref`` defaults to the last timestamp; ``[2, H, W]`` (OFF, ON) or ``[H, W]`` for both polarities together.
     """
-    if not tau > 0:
-        raise ValueError(f"tau must be a positive time constant in seconds, got {tau!r}")
+    events = _stream(events)
+    tau = checks.real("tau", tau, min=0, min_exclusive=True)
+    split_polarity = checks.boolean("split_polarity", split_polarity)
     if t_ref is None:
         if len(events) == 0:
             raise ValueError("a time surface of an empty event stream needs an explicit t_ref")
         t_ref = float(events.t[-1])
+    t_ref = checks.real("t_ref", t_ref)
     if len(events) and events.t[-1] > t_ref:
         raise ValueError(f"t_ref={t_ref!r} s is before the last event ({events.t[-1]!r} s)")
     H, W = events.sensor_size
@@ -139,8 +162,8 @@ def events_to_time_surface(
 
 def render_events(events: EventStream, *, background: str = "white") -> np.ndarray:
     """``uint8 [H, W, 3]`` image: pixels whose net polarity is positive in red, negative in blue."""
-    if background not in ("white", "black"):
-        raise ValueError(f"background must be 'white' or 'black', got {background!r}")
+    events = _stream(events)
+    checks.choice("background", background, ("white", "black"))
     net = events_to_frame(events, split_polarity=False).numpy()
     image = np.full((*events.sensor_size, 3), 255 if background == "white" else 0, dtype=np.uint8)
     image[net > 0] = (220, 40, 40)
@@ -150,8 +173,12 @@ def render_events(events: EventStream, *, background: str = "white") -> np.ndarr
 
 def render_voxel_grid(voxels: torch.Tensor) -> np.ndarray:
     """``uint8 [H, B * W, 3]``: the bins side by side, red positive, blue negative, white zero."""
-    if voxels.dim() != 3:
+    if not isinstance(voxels, torch.Tensor):
+        raise TypeError(f"voxels must be a torch.Tensor (num_bins, H, W), got {type(voxels).__name__}")
+    if voxels.dim() != 3 or voxels.numel() == 0:
         raise ValueError(f"voxels must have shape (num_bins, H, W), got {tuple(voxels.shape)}")
+    if not torch.isfinite(voxels).all():
+        raise ValueError("voxels must be finite, got NaN or Inf values")
     v = voxels.detach().double().cpu()
     peak = float(v.abs().max()) or 1.0
     v = (v / peak).clamp(-1, 1)

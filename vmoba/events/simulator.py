@@ -21,24 +21,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import checks
 from .stream import EventStream
 
 MIN_THRESHOLD = 0.01
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got dtype {value.dtype}")
+        value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
-        value = torch.as_tensor(value)
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {type(value).__name__}") from None
+    if value.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     return value.detach().to("cpu", torch.float64)
 
 
 def _positive(name: str, value: float, allow_zero: bool) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-    return value
+    return checks.real(name, value, min=0, min_exclusive=not allow_zero)
 
 
 def simulate_events(
@@ -63,8 +68,8 @@ def simulate_events(
         eps: offset inside ``log(I + eps)``, keeps black pixels finite.
         seed: seeds every random draw; the result is a function of the arguments.
     """
-    frames = _as_tensor(frames)
-    ts = _as_tensor(timestamps)
+    frames = _as_tensor("frames", frames)
+    ts = _as_tensor("timestamps", timestamps)
     if frames.dim() != 3 or frames.shape[0] < 2:
         raise ValueError(f"frames must have shape (N, H, W) with N >= 2, got {tuple(frames.shape)}")
     if ts.shape != (frames.shape[0],):
@@ -80,9 +85,10 @@ def simulate_events(
     leak = _positive("leak_rate", leak_rate, True)
     shot = _positive("shot_noise_rate", shot_noise_rate, True)
     eps = _positive("eps", eps, False)
+    seed = checks.integer("seed", seed, min=0, max=2**64 - 1)
 
     N, H, W = frames.shape
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     pixels = H * W
     logs = torch.log(frames.reshape(N, pixels) + eps)
     thr_pos = torch.full((pixels,), c_pos, dtype=torch.float64)

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import checks
+
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
@@ -100,8 +102,7 @@ class EventStream:
 
     def __init__(self, x: Any, y: Any, t: Any, p: Any, sensor_size: Sequence[int], *, time_unit: str = "s"):
         height, width = validate_sensor_size(sensor_size)
-        if time_unit not in TIME_UNITS:
-            raise ValueError(f"time_unit must be one of {tuple(TIME_UNITS)}, got {time_unit!r}")
+        checks.choice("time_unit", time_unit, tuple(TIME_UNITS))
         t_arr = _as_1d("t", t)
         lengths = {name: len(_as_1d(name, a)) for name, a in (("x", x), ("y", y), ("p", p))}
         lengths["t"] = len(t_arr)
@@ -183,7 +184,8 @@ class EventStream:
         return EventStream(self.x[index], self.y[index], self.t[index], self.p[index], self.sensor_size)
 
     def time_window(self, t_start: float, t_end: float) -> "EventStream":
-        """Events with ``t_start <= t < t_end`` (binary search: the stream is sorted)."""
+        """Events with ``t_start <= t < t_end`` (binary search: the stream is sorted); +-inf for an open end."""
+        t_start, t_end = checks.bound("t_start", t_start), checks.bound("t_end", t_end)
         lo, hi = np.searchsorted(self.t, [t_start, t_end], side="left")
         return self[int(lo) : int(hi)]
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .clip import as_clip
 from .energy import MotionEnergy
 
@@ -49,8 +50,12 @@ class MotionEnergyAdapter(nn.Module):
     def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
                  train_energy: bool = False, scale: float = 1.0) -> None:
         super().__init__()
-        if isinstance(inner_dim, bool) or not isinstance(inner_dim, int) or inner_dim < 1:
-            raise ValueError(f"inner_dim must be a positive integer, got {inner_dim!r}")
+        inner_dim = checks.integer("inner_dim", inner_dim, min=1)
+        hidden = checks.integer("hidden", hidden, min=1)
+        train_energy = checks.boolean("train_energy", train_energy)
+        scale = checks.real("scale", scale)
+        if energy is not None and not isinstance(energy, MotionEnergy):
+            raise TypeError(f"energy must be a MotionEnergy or None, got {type(energy).__name__}")
         self.energy = energy if energy is not None else MotionEnergy()
         self.energy.requires_grad_(train_energy)
         self.train_energy = train_energy
@@ -179,8 +184,8 @@ class MotionEnergyAdapter(nn.Module):
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"config": json.dumps(self.config())})
+        with checks.atomic_output(path) as partial:
+            save_file(tensors, str(partial), metadata={"config": json.dumps(self.config())})
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MotionEnergyAdapter":

@@ -24,9 +24,10 @@ import torch
 # ITU-R BT.601 luma: what video codecs and OpenCV's cvtColor use, so grey means the same thing everywhere.
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
-# Resampling (bicubic, Lanczos) overshoots a little; anything beyond this is a different convention
-# (uint8-scaled floats, or [-1, 1] diffusion latents) and would give silently wrong energies.
-RANGE_TOLERANCE = 0.05
+# Resampling (bicubic, Lanczos) overshoots a little: up to this much past [0, 1] is clamped without a word.
+# Anything beyond is a different convention (uint8-scaled floats, or [-1, 1] diffusion latents) and would
+# give silently wrong energies, so it is refused.
+RANGE_TOLERANCE = 0.1
 
 
 def to_grey(rgb: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -40,8 +41,9 @@ def to_grey(rgb: torch.Tensor, channel_dim: int) -> torch.Tensor:
 def as_clip(frames: Any, *, min_frames: int = 1, min_size: int = 1, name: str = "frames") -> tuple[torch.Tensor, bool]:
     """Return ``(clip, batched)``: ``clip`` is a float32 ``(B, T, H, W)`` grey tensor.
 
-    Raises ``TypeError`` for non-tensors and non-floating dtypes and ``ValueError`` for bad shapes, too few
-    frames, too small frames, non-finite values and intensities outside [0, 1].
+    Raises ``TypeError`` for non-tensors and non-floating dtypes and ``ValueError`` for bad shapes (naming
+    the channels-last layout and its fix), too few frames, too small frames, non-finite values and intensities
+    outside [0, 1]. Overshoot of resampling (up to ``RANGE_TOLERANCE`` past [0, 1]) is clamped.
     """
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
@@ -54,6 +56,12 @@ def as_clip(frames: Any, *, min_frames: int = 1, min_size: int = 1, name: str = 
         )
 
     shape = tuple(frames.shape)
+    if frames.dim() in (4, 5) and shape[-1] == 3 and shape[-3] not in (1, 3):
+        layout, order = ("(T, H, W, 3)", "0, 3, 1, 2") if frames.dim() == 4 else ("(B, T, H, W, 3)", "0, 1, 4, 2, 3")
+        raise ValueError(
+            f"{name} of shape {shape} looks channels-last {layout}; motion entry points take channels first "
+            f"({'T' if frames.dim() == 4 else 'B, T'}, 3, H, W): pass {name}.permute({order})"
+        )
     if frames.dim() == 3:
         clip, batched = frames.unsqueeze(0).unsqueeze(2), False
     elif frames.dim() == 4 and shape[1] in (1, 3):
@@ -85,10 +93,12 @@ def as_clip(frames: Any, *, min_frames: int = 1, min_size: int = 1, name: str = 
     stats = torch.stack([torch.isfinite(clip).all().float(), clip.amin(), clip.amax()]).tolist()
     if not stats[0]:
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
-    if stats[1] < -RANGE_TOLERANCE or stats[2] > 1 + RANGE_TOLERANCE:
+    slack = RANGE_TOLERANCE + 1e-6  # float32 1.1 is a hair above the float64 1.1
+    if stats[1] < -slack or stats[2] > 1 + slack:
         raise ValueError(
             f"{name} must hold intensities in [0, 1], got values in [{stats[1]:.4g}, {stats[2]:.4g}]; "
             "rescale first (x / 255 for 8-bit, (x + 1) / 2 for [-1, 1])"
         )
+    clip = clip.clamp(0.0, 1.0)
     grey = to_grey(clip, 2) if c == 3 else clip[:, :, 0]
     return grey.contiguous(), batched

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .clip import as_clip
 
 # name -> (low, high, log-scale). Every learnable quantity lives inside these bounds through a sigmoid, so
@@ -122,13 +123,22 @@ class MotionEnergy(nn.Module):
             ("feature_stride", feature_stride, 1),
             ("memory_budget_mb", memory_budget_mb, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"MotionEnergy {name} must be an integer >= {low}, got {value!r}")
+            checks.integer(f"MotionEnergy {name}", value, min=low)
+        num_orientations, num_scales, kernel_size, temporal_length, feature_stride, memory_budget_mb = (
+            int(v) for v in (num_orientations, num_scales, kernel_size, temporal_length, feature_stride,
+                             memory_budget_mb))
+        spatial_frequency = checks.real("MotionEnergy spatial_frequency", spatial_frequency, min=0, min_exclusive=True)
+        tau = checks.real("MotionEnergy tau", tau, min=0, min_exclusive=True)
+        if sigma is not None:
+            sigma = checks.real("MotionEnergy sigma", sigma, min=0, min_exclusive=True)
+        if isinstance(temporal_frequencies, (str, bytes)) or not hasattr(temporal_frequencies, "__iter__"):
+            raise TypeError(f"MotionEnergy temporal_frequencies must be a sequence of numbers, got {temporal_frequencies!r}")
+        temporal_frequencies = tuple(checks.real(f"MotionEnergy temporal_frequencies[{i}]", f, min=0, min_exclusive=True)
+                                     for i, f in enumerate(temporal_frequencies))
         if kernel_size % 2 == 0:
             raise ValueError(f"MotionEnergy kernel_size must be odd, got {kernel_size}")
         if feature_stride & (feature_stride - 1):
             raise ValueError(f"MotionEnergy feature_stride must be a power of two, got {feature_stride}")
-        temporal_frequencies = tuple(float(f) for f in temporal_frequencies)
         if not temporal_frequencies:
             raise ValueError("MotionEnergy temporal_frequencies must not be empty")
         if sigma is None:
@@ -318,9 +328,9 @@ class MotionEnergy(nn.Module):
         """
         clip, batched = as_clip(frames, min_frames=self.min_frames, min_size=self.min_size)
         clip = clip.to(self.raw_orientation.device)
-        if temporal_bins is not None and (isinstance(temporal_bins, bool) or not isinstance(temporal_bins, int)
-                                          or temporal_bins < 1):
-            raise ValueError(f"temporal_bins must be None or an integer >= 1, got {temporal_bins!r}")
+        if temporal_bins is not None:
+            temporal_bins = checks.integer("temporal_bins", temporal_bins, min=1)
+        normalize = checks.boolean("normalize", normalize)
         bins = 1 if temporal_bins is None else temporal_bins
         n_out = clip.shape[1] - self.temporal_length + 1
         energy = self.energy_of_clip(clip, min(bins, n_out))

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .clip import as_clip
 from .energy import MotionEnergy
 
@@ -191,8 +192,8 @@ class MotionFlowNet(nn.Module):
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"config": json.dumps(self.config), **{k: json.dumps(v) for k, v in metadata.items()}}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        with checks.atomic_output(path) as partial:
+            save_file(tensors, str(partial), metadata=meta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "MotionFlowNet":
@@ -231,7 +232,13 @@ def estimate_flow(frames: Any, *, model: MotionFlowNet | None = None, iterations
     ``frames``: ``(T, H, W)`` grey or ``(T, 3, H, W)`` RGB intensities in [0, 1] (or a batch ``(B, T, ...)``),
     at least ``model.min_frames`` frames (7 for the shipped model). Returns ``(2, H, W)`` (``(B, 2, H, W)``
     for a batch) float32 on the device of ``frames``. Runs offline on the weights shipped with vmoba.
+    ``iterations``: recurrences of the integration stage (default: the model's own; 0 is the initial estimate).
+    Overshoot of resampling up to 0.1 past [0, 1] is clamped; channels-last input is refused with the fix.
     """
+    if model is not None and not isinstance(model, MotionFlowNet):
+        raise TypeError(f"model must be a MotionFlowNet (see load_flow_model) or None, got {type(model).__name__}")
+    if iterations is not None:
+        iterations = checks.integer("iterations", iterations, min=0)
     net = _default_model() if model is None else model
     device = frames.device if isinstance(frames, torch.Tensor) else torch.device("cpu")
     net = net.to(device)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
+
 
 def _as_array(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -43,7 +45,7 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def vectors_to_rgb(vx: np.ndarray, vy: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     mag = np.hypot(vx, vy)
-    top = float(mag.max()) if max_magnitude is None else float(max_magnitude)
+    top = float(mag.max()) if max_magnitude is None else checks.real("max_magnitude", max_magnitude, min=0)
     if top <= 0:
         top = 1.0
     hue = (np.arctan2(vy, vx) / (2 * math.pi)) % 1.0
@@ -75,7 +77,8 @@ def energy_to_rgb(energy: Any, directions: Any, size: tuple[int, int] | None = N
     vx = np.tensordot(np.cos(d), e, axes=1)
     vy = np.tensordot(np.sin(d), e, axes=1)
     if size is not None:
-        v = F.interpolate(torch.from_numpy(np.stack([vx, vy]))[None], size=tuple(size), mode="nearest")[0].numpy()
+        size = checks.int_tuple("size", size, 2, min=1)
+        v = F.interpolate(torch.from_numpy(np.stack([vx, vy]))[None], size=size, mode="nearest")[0].numpy()
         vx, vy = v[0], v[1]
     return vectors_to_rgb(vx, vy, max_magnitude)
 
@@ -83,6 +86,7 @@ def energy_to_rgb(energy: Any, directions: Any, size: tuple[int, int] | None = N
 def energy_grid(energy: Any, columns: int) -> np.ndarray:
     """Every channel as a grey tile, ``columns`` tiles per row (channel order), each scaled to its own max."""
     e = _as_array(energy, "energy")
+    columns = checks.integer("columns", columns, min=1)
     if e.ndim != 3:
         raise ValueError(f"energy must be (C, h, w), got {e.shape}")
     c, h, w = e.shape

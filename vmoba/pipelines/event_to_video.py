@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 
+from .. import checks
 from ..events.conditioner import EventResidualConditioner
 from ..events.representations import events_to_voxel_windows
 from ..events.stream import EventStream
@@ -58,6 +59,38 @@ def build_scheduler() -> DDIMScheduler:
                          clip_sample=False, timestep_spacing="trailing")
 
 
+def _finite(name: str, tensor: torch.Tensor) -> None:
+    # one NaN spreads through the recurrent state and the denoiser into every later frame
+    bad = ~torch.isfinite(tensor)
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} must be finite, got {tensor[index].item()} at index {index} "
+                         f"({int(bad.sum())} non-finite values)")
+
+
+def _first_frame(first_frame, batch: int, height: int, width: int) -> torch.Tensor:
+    """``first_frame`` as ``(B, 1, H, W)`` float32: shape checked exactly (a transposed frame has the right
+    number of pixels too, and reshaping it would scramble it), values finite and in [0, 1]."""
+    if isinstance(first_frame, np.ndarray):
+        first_frame = torch.from_numpy(np.ascontiguousarray(first_frame))
+    if not isinstance(first_frame, torch.Tensor):
+        raise TypeError(f"first_frame must be a torch.Tensor or numpy array, got {type(first_frame).__name__}")
+    if not (first_frame.is_floating_point() or first_frame.dtype == torch.bool):
+        raise TypeError(f"first_frame must hold float intensities in [0, 1], got dtype {first_frame.dtype}"
+                        + (" (for uint8 images use frame / 255)" if first_frame.dtype == torch.uint8 else ""))
+    shape = tuple(first_frame.shape)
+    accepted = [(batch, height, width), (batch, 1, height, width)] + ([(height, width)] if batch == 1 else [])
+    if shape not in accepted:
+        raise ValueError(f"first_frame must hold {batch} frame(s) of {height}x{width} pixels in [0, 1]: shape "
+                         f"{' or '.join(map(str, accepted))}, got {shape}")
+    first = first_frame.detach().float().cpu().reshape(batch, 1, height, width)
+    _finite("first_frame", first)
+    if first.min() < 0 or first.max() > 1:
+        raise ValueError(f"first_frame must hold intensities in [0, 1], got values in "
+                         f"[{first.min().item():.4g}, {first.max().item():.4g}]")
+    return first
+
+
 class EventToVideoPipeline(DiffusionPipeline):
     """Event-to-video reconstruction by temporal-residual diffusion.
 
@@ -75,8 +108,7 @@ class EventToVideoPipeline(DiffusionPipeline):
                 f"unet must take 1 + {conditioner.out_channels} conditioning channels = {expected} and return 1, "
                 f"got in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
             )
-        if not residual_scale > 0:
-            raise ValueError(f"residual_scale must be positive, got {residual_scale!r}")
+        residual_scale = checks.real("residual_scale", residual_scale, min=0, min_exclusive=True)
         self.register_modules(unet=unet, conditioner=conditioner, scheduler=scheduler)
         self.register_to_config(residual_scale=float(residual_scale))
 
@@ -98,24 +130,24 @@ class EventToVideoPipeline(DiffusionPipeline):
             if not isinstance(events, EventStream):
                 raise TypeError(f"events must be an EventStream (or pass voxels=), got {type(events).__name__}")
             if frame_timestamps is None:
-                if num_frames is None or num_frames < 1:
+                if num_frames is None:
                     raise ValueError("pass frame_timestamps (N + 1 boundaries, seconds) or num_frames >= 1")
+                num_frames = checks.integer("num_frames", num_frames, min=1)
                 if len(events) == 0:
                     raise ValueError("an empty event stream needs explicit frame_timestamps")
                 frame_timestamps = np.linspace(events.t[0], events.t[-1], num_frames + 1)
             voxels = events_to_voxel_windows(events, frame_timestamps, num_bins)[None]
-        elif voxels.dim() != 5 or voxels.shape[2] != num_bins:
-            raise ValueError(f"voxels must have shape (B, N, {num_bins}, H, W), got {tuple(voxels.shape)}")
+        else:
+            if not isinstance(voxels, torch.Tensor):
+                raise TypeError(f"voxels must be a torch.Tensor (B, N, {num_bins}, H, W), got {type(voxels).__name__}")
+            if voxels.dim() != 5 or voxels.shape[2] != num_bins or voxels.numel() == 0:
+                raise ValueError(f"voxels must have shape (B, N, {num_bins}, H, W), got {tuple(voxels.shape)}")
+            _finite("voxels", voxels)
         B, _, _, H, W = voxels.shape
         if first_frame is None:
             first = torch.full((B, 1, H, W), 0.5)
         else:
-            first = torch.as_tensor(np.asarray(first_frame) if not isinstance(first_frame, torch.Tensor) else first_frame)
-            first = first.float().reshape(B, 1, H, W) if first.numel() == B * H * W else None
-            if first is None:
-                raise ValueError(f"first_frame must hold {B} frame(s) of {H}x{W} pixels in [0, 1]")
-            if first.min() < 0 or first.max() > 1:
-                raise ValueError("first_frame must hold intensities in [0, 1]")
+            first = _first_frame(first_frame, B, H, W)
         pad_h, pad_w = -H % PAD_MULTIPLE, -W % PAD_MULTIPLE
         voxels = F.pad(voxels.float(), (0, pad_w, 0, pad_h))
         first = F.pad(first, (0, pad_w, 0, pad_h), mode="replicate")
@@ -152,8 +184,14 @@ class EventToVideoPipeline(DiffusionPipeline):
 
         Give either ``events`` (with ``frame_timestamps``, N + 1 boundaries in seconds, or ``num_frames`` equal
         intervals over the stream) or precomputed ``voxels`` ``[B, N, num_bins, H, W]``. ``first_frame``:
-        the frame at the first boundary, ``[H, W]`` (or ``[B, H, W]``) in [0, 1].
+        the frame at the first boundary, ``[H, W]`` (or ``[B, H, W]``) in [0, 1], shape checked exactly.
+        Non-finite voxels or first frames are refused: one NaN would spread into every frame.
         """
+        num_inference_steps = checks.integer("num_inference_steps", num_inference_steps, min=1)
+        checks.choice("output_type", output_type, ("np", "pt"))
+        return_dict = checks.boolean("return_dict", return_dict)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         voxels, previous, size, single = self._prepare(events, voxels, frame_timestamps, num_frames, first_frame)
         state = self.conditioner.initial_state(previous)
         scale = self.config.residual_scale

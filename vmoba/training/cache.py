@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import atomic_output
 from .data import Clip, DataError, cache_key, load_frames
 from .objectives import encode_tokens, tokenize
 
@@ -42,14 +43,16 @@ def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_set
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        building.write_text(json.dumps(key))
+        with atomic_output(building) as partial:
+            partial.write_text(json.dumps(key))
     accelerator.wait_for_everyone()
     mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
     _encode(mine, cache_dir, clips, vae, data_settings, text, batch_size, accelerator.device,
             progress=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        meta.write_text(json.dumps(key, indent=1))
+        with atomic_output(meta) as partial:
+            partial.write_text(json.dumps(key, indent=1))
         building.unlink()
     accelerator.wait_for_everyone()
     return cache_dir
@@ -75,7 +78,8 @@ def _encode(indices, cache_dir, clips, vae, d, text, batch_size, device, progres
                     "latent_logvar": posterior.logvar[j].float().cpu().contiguous()}
             if embeds is not None:
                 item["prompt_embeds"] = embeds[j, : lengths[j]].float().cpu().contiguous()
-            save_file(item, str(cache_dir / f"{i:06d}.safetensors"))
+            with atomic_output(cache_dir / f"{i:06d}.safetensors") as partial:
+                save_file(item, str(partial))
         bar.update(len(chunk))
     bar.close()
 

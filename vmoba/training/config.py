@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from .. import checks
+
 TASKS = ("text_to_video", "autoencoder")
 TRAINABLE = ("transformer", "text_encoder")
 
@@ -230,23 +232,23 @@ def _convert(hint, value, source: str, name: str):
         return _convert(inner, value, source, name)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, source, name + ".")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML reads 1e-4 as a string; accept the usual float spellings
+    try:  # the shared checks: numpy and 0-d torch scalars accepted, NaN and Inf refused
+        if hint is bool:
             try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
-        return float(value)
+                return checks.boolean(name, value)
+            except TypeError:  # spelled as YAML spells it
+                raise ConfigError(f"{source}: {name} must be true or false, got {value!r}") from None
+        if hint is int:
+            return checks.integer(name, value)
+        if hint is float:
+            if isinstance(value, str):  # YAML reads 1e-4 as a string; accept the usual float spellings
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            return checks.real(name, value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: {error}") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {name} must be a string, got {value!r}")

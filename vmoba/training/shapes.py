@@ -12,12 +12,15 @@ box holds much less of it than the lower half, else square or circle by how much
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .. import checks
 
 COLORS = {"red": (220, 35, 35), "green": (35, 175, 55), "blue": (40, 75, 230), "yellow": (235, 205, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -108,29 +111,45 @@ def render_clip(spec: ClipSpec, *, frames: int = 17, size: int = 64) -> np.ndarr
     return out
 
 
+MANIFEST = ".vmoba-shapes-manifest.jsonl"
+
+
 def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17, size: int = 64, seed: int = 0,
                          fps: int = 8, force: bool = False, progress: bool = False) -> Path:
     """Write ``count`` clips as H.264 MP4 (``videos/NNNNNN.mp4``) and ``captions.jsonl`` into ``out``.
 
-    Refuses a non-empty ``out`` unless ``force``; with ``force`` the files a previous run listed in its
-    ``captions.jsonl`` are replaced, nothing else there is touched.
+    Refuses a non-empty ``out`` unless ``force``. Every file written is recorded, with its SHA-256, in the
+    manifest ``out/.vmoba-shapes-manifest.jsonl``; with ``force`` only files that a previous run recorded there
+    and that are unchanged since are replaced or removed. Any other file in the way (a user's own
+    ``captions.jsonl`` or video) stops the command before anything is written.
     """
     from ..video import write_video
 
     out = Path(out)
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    if frames < 2 or (frames - 1) % 4:
+    count = checks.integer("count", count, min=1)
+    frames = checks.integer("frames", frames, min=2)
+    size = checks.integer("size", size, min=1)
+    seed = checks.integer("seed", seed, min=0)
+    fps = checks.integer("fps", fps, min=1)
+    force = checks.boolean("force", force)
+    progress = checks.boolean("progress", progress)
+    if (frames - 1) % 4:
         raise ValueError(f"frames must be 4k+1 and at least 5 (Wan-family VAEs), got {frames}")
     if size < 32 or size % 16:
         raise ValueError(f"size must be a multiple of 16 and at least 32 (H.264 macroblocks), got {size}")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
+    names = [f"videos/{i:06d}.mp4" for i in range(count)] + ["captions.jsonl"]
+    previous: dict[str, str] = {}
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} is not empty; pass --force to write the dataset into it anyway")
-        _remove_previous(out)
+        previous = _owned_files(out, names)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    manifest = _Manifest(out, previous)
+    for stale in sorted(set(previous) - set(names)):  # a previous, larger run's clips
+        (out / stale).unlink(missing_ok=True)
+        manifest.forget(stale)
     rows = []
     indices = range(count)
     if progress:
@@ -139,29 +158,100 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
         indices = tqdm(indices, desc="clips", unit="clip")
     for i in indices:
         spec = clip_spec(i, frames=frames, size=size, seed=seed)
-        name = f"videos/{i:06d}.mp4"
-        write_video(out / name, render_clip(spec, frames=frames, size=size), fps=fps, overwrite=True)
+        name = names[i]
+        with checks.atomic_output(out / name) as partial:
+            write_video(partial, render_clip(spec, frames=frames, size=size), fps=fps, overwrite=True)
+            manifest.record(name, partial)
         meta = asdict(spec)
         rows.append({"file": name, "caption": meta.pop("caption"), **meta})
-    with open(out / "captions.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    with checks.atomic_output(out / "captions.jsonl") as partial:
+        partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        manifest.record("captions.jsonl", partial)
+    manifest.compact()
     return out
 
 
-def _remove_previous(out: Path) -> None:
-    index = out / "captions.jsonl"
-    if not index.is_file():
-        return
-    for line in index.read_text().splitlines():
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, str]:
+    """``{relative name: sha256}`` of the files earlier runs wrote into ``out`` (last entry wins; a line cut
+    short by a crash is ignored, which only makes fewer files replaceable)."""
+    path = out / MANIFEST
+    owned: dict[str, str] = {}
+    if not path.is_file():
+        return owned
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            name = json.loads(line).get("file")
-        except (json.JSONDecodeError, AttributeError):
+            entry = json.loads(line)
+        except json.JSONDecodeError:
             continue
-        path = (out / name).resolve() if isinstance(name, str) else None
-        if path is not None and path.is_file() and out.resolve() in path.parents:
-            path.unlink()
-    index.unlink()
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            if entry.get("sha256") is None:
+                owned.pop(entry["file"], None)
+            elif isinstance(entry["sha256"], str):
+                owned[entry["file"]] = entry["sha256"]
+    return owned
+
+
+def _owned_files(out: Path, names: list[str]) -> dict[str, str]:
+    """The manifest's files still as written; refuses when a file to be written or removed is not one of them."""
+    owned = _read_manifest(out)
+    root = out.resolve()
+    foreign, changed = [], []
+    for name in sorted(set(names) | set(owned)):
+        path = out / name
+        if root not in path.resolve().parents:  # a manifest entry pointing outside the dataset
+            foreign.append(name)
+        elif not path.is_file():
+            if path.exists():
+                foreign.append(name)
+        elif name not in owned:
+            foreign.append(name)
+        elif _sha256(path) != owned[name]:
+            changed.append(name)
+    if foreign or changed:
+        what = []
+        if foreign:
+            what.append(f"{len(foreign)} it did not write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})")
+        if changed:
+            what.append(f"{len(changed)} changed since it wrote them ({', '.join(changed[:5])}"
+                        f"{', ...' if len(changed) > 5 else ''})")
+        raise FileExistsError(f"{out}: --force only replaces files that 'vmoba data shapes' wrote there itself "
+                              f"(listed in {MANIFEST}), but would replace {' and '.join(what)}; choose another --out "
+                              f"or move those files away")
+    return {name: digest for name, digest in owned.items() if (out / name).is_file()}
+
+
+class _Manifest:
+    """Append-only record of the files written, so even an interrupted run leaves its files replaceable."""
+
+    def __init__(self, out: Path, previous: dict[str, str]):
+        self.out, self.entries = out, dict(previous)
+        self.path = out / MANIFEST
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def record(self, name: str, written: Path) -> None:
+        # recorded just before the rename puts the file in place: the entry may then name a file that never
+        # arrived (harmless), but never is a file there without its entry
+        self.entries[name] = _sha256(written)
+        self._append({"file": name, "sha256": self.entries[name]})
+
+    def forget(self, name: str) -> None:
+        self.entries.pop(name, None)
+        self._append({"file": name, "sha256": None})
+
+    def compact(self) -> None:
+        with checks.atomic_output(self.path) as partial:
+            partial.write_text("".join(json.dumps({"file": n, "sha256": d}) + "\n" for n, d in sorted(self.entries.items())))
 
 
 # -- the detector ---------------------------------------------------------------------------------------

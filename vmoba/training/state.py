@@ -4,13 +4,20 @@ weights; and the checkpoint folders themselves, written so that a crash never le
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from ..checks import atomic_output
+
 CHECKPOINT = re.compile(r"^step-(\d+)$")
+# Written first into every output_dir the trainer uses: the files named in RUN_FILES are the trainer's own only
+# beside it, so a folder holding someone else's config.json or log.jsonl is never overwritten or appended to.
+RUN_MARKER = ".vmoba-training-run.json"
+RUN_FILES = ("config.json", "log.jsonl", "samples", "checkpoints", "final")
 
 
 class TrainingState:
@@ -73,6 +80,21 @@ class EMA:
             raise ValueError(f"the checkpoint's EMA weights do not match the trained parameters: {sorted(missing)[:5]}")
         self.decay, self.updates = state["decay"], state["updates"]
         self.shadow = {k: v.float() for k, v in state["shadow"].items()}
+
+
+def foreign_run_files(out: Path) -> list[str]:
+    """The trainer's file names present in ``out`` when the trainer did not write them (no run marker)."""
+    if not out.is_dir() or (out / RUN_MARKER).is_file():
+        return []
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def mark_run(out: Path, identity: dict) -> None:
+    """Claim ``out`` for this trainer (kept if present: a resumed run continues the same claim)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN_MARKER).is_file():
+        with atomic_output(out / RUN_MARKER) as partial:
+            partial.write_text(json.dumps({"written_by": "vmoba.training", "identity": identity}, indent=1))
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:

@@ -5,6 +5,9 @@ Layout of ``training.output_dir``::
     checkpoints/step-0000500/   accelerate state (trained weights, optimizer, EMA, step) of step 500
     samples/step-0000500/       validation videos
     log.jsonl                   one JSON object per logged step (appended across resumed runs)
+    config.json                 the configuration of the run
+    .vmoba-training-run.json    marks the folder as a training run's: the files above are replaced or appended to
+                                only beside it, never in a folder holding someone else's config.json or log
     final/                      the trained model (pipeline folder, LoRA weights or VAE folder)
 
 A step is a pure function of (seed, step, process): the batch indices come from `BatchOrder`, every random
@@ -26,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import atomic_directory, atomic_output
 from .config import ConfigError, TrainConfig
 from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
-from .state import EMA, TrainingState, checkpoint_name, list_checkpoints, save_checkpoint
+from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
+                    save_checkpoint)
 
 logger = logging.getLogger("vmoba")
 
@@ -50,6 +55,11 @@ def learning_rate(t, step: int) -> float:
 def _resume_target(config: TrainConfig, out: Path) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses anything that would overwrite."""
     t = config.training
+    foreign = foreign_run_files(out)
+    if foreign:
+        raise ConfigError(f"{config.source}: training.output_dir {out} holds {', '.join(foreign)} that vmoba training did "
+                          f"not write (no {RUN_MARKER}); training would overwrite or append to them: choose another "
+                          f"output_dir")
     checkpoints = list_checkpoints(out / "checkpoints")
     if (out / "final").exists():
         raise ConfigError(f"{config.source}: training.output_dir {out} holds a finished run (final/); choose another "
@@ -136,8 +146,9 @@ def run(config: TrainConfig) -> Path | None:
     processors = task["processors"]
     log_path = out / "log.jsonl"
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        mark_run(out, state.identity)
+        with atomic_output(out / "config.json") as partial:
+            partial.write_text(json.dumps(config.to_dict(), indent=1))
     start_time = time.time()
     window: list[torch.Tensor] = []
     window_start = time.time()
@@ -216,13 +227,12 @@ def run(config: TrainConfig) -> Path | None:
     if config.validation.prompts or config.task == "autoencoder":
         _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
     if main:
-        partial = out / "final.partial"
-        task["export"](partial)
-        (partial / "training.json").write_text(json.dumps(
-            {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
-             "weights_sha256_per_process": digests,
-             "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
-        partial.rename(final)
+        with atomic_directory(final) as partial:
+            task["export"](partial)
+            (partial / "training.json").write_text(json.dumps(
+                {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
+                 "weights_sha256_per_process": digests,
+                 "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
         print(f"saved {final} after {state.step} steps", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -343,8 +353,8 @@ def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, fold
                     x = dataset[i]["video"][None].to(accelerator.device, vae.dtype)
                     recon = vae.decode(vae.encode(x).latent_dist.mean).sample
                     pair = torch.cat([x, recon], dim=-1)[0].permute(1, 2, 3, 0).float()
-                    write_video(folder / f"reconstruction-{i:02d}.mp4", to_uint8((pair + 1) / 2), fps=v.fps,
-                                overwrite=True)
+                    with atomic_output(folder / f"reconstruction-{i:02d}.mp4") as partial:
+                        write_video(partial, to_uint8((pair + 1) / 2), fps=v.fps, overwrite=True)
             else:
                 pipe, d = task["pipe"], config.data
                 for i, prompt in enumerate(v.prompts):
@@ -353,7 +363,8 @@ def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, fold
                                   num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
                                   generator=generator, max_sequence_length=task["msl"], output_type="np").frames[0]
                     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60]
-                    write_video(folder / f"{i:02d}-{slug}.mp4", frames, fps=v.fps, overwrite=True)
+                    with atomic_output(folder / f"{i:02d}-{slug}.mp4") as partial:
+                        write_video(partial, frames, fps=v.fps, overwrite=True)
         task["module"].train()
         for processor in task["processors"].values():  # densities of sampling are not training statistics
             processor.reset_stats()
