@@ -120,6 +120,26 @@ def writable_destination(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _new_mode(path: Path, default: int) -> int:
+    """The mode the replaced ``path`` had, else what open()/mkdir() would give a new one (mkstemp and mkdtemp
+    make private 0600/0700 entries, which would silently hide every file written from other users)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return default & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers that pick a format by extension
@@ -130,6 +150,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, _new_mode(path, 0o666))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -146,6 +167,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    os.chmod(tmp, _new_mode(path, 0o777))
     try:
         yield tmp
         old = None

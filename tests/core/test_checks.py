@@ -78,3 +78,21 @@ def test_bounds_may_be_infinite_but_never_nan():
         checks.bound("t_end", float("nan"))
     with pytest.raises(TypeError, match="t_end must be a number"):
         checks.bound("t_end", "1.0")
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would_give(tmp_path):
+    import os
+
+    mask = checks._umask()
+    with checks.atomic_output(tmp_path / "new.bin") as tmp:
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    with checks.atomic_directory(tmp_path / "folder") as tmp:
+        pass
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~mask
+    old = tmp_path / "script.sh"
+    old.write_text("old")
+    os.chmod(old, 0o750)
+    with checks.atomic_output(old) as tmp:
+        tmp.write_text("new")
+    assert old.stat().st_mode & 0o777 == 0o750
