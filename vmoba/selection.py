@@ -1,7 +1,8 @@
 """Block selection: which key blocks each query (or query tile) attends.
 
 Data flow: block means of the keys (`kbar`) -> gate scores ``s = q . kbar`` in float32 -> the threshold or
-top-k rule of the configured group -> a `BlockSelection`, the structure the attention backends consume.
+top-k rule of the configured group -> a `BlockSelection` (`vmoba.layout`), the structure the attention
+backends consume.
 
 The threshold rule of a group (one query of one head for ``query_head``; larger groups for the global
 types) over its (query, block) pairs:
@@ -20,7 +21,6 @@ every row.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,50 +29,8 @@ from .config import VMoBAConfig
 from .kernels.block_pool import pool_segments_reference, pool_segments_triton
 from .kernels.block_select import MAX_TRITON_BLOCKS, select_query_head_triton, threshold_select, topk_select
 from ._parallel import parallel_map
-from .partition import BlockPartition, TileLayout
+from .layout import BlockPartition, BlockSelection
 
-
-# -- the selection structure ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class BlockSelection:
-    """Which key blocks each query attends: the structure the attention backends consume.
-
-    ``mask[b, h, r, j]`` says whether row ``r`` attends key block ``j``. Rows are in blocked order (see
-    `vmoba.partition`): one row per query tile in ``tile`` granularity (every query of the tile shares the
-    row), one row per query in ``token`` granularity.
-    """
-
-    partition: BlockPartition
-    tiles: TileLayout
-    granularity: str
-    mask: torch.Tensor  # [B, H, rows, n_blocks] bool
-
-    def query_mask(self) -> torch.Tensor:
-        """[B, H, S, n_blocks] selection of every query, blocked order."""
-        if self.granularity == "token":
-            return self.mask
-        return self.mask.index_select(2, self.tiles.token_tile)
-
-    def token_mask(self) -> torch.Tensor:
-        """[B, H, S, n_blocks] selection of every query, original token order (what `select_blocks` returns)."""
-        return self.query_mask().index_select(2, self.partition.inverse)
-
-    def dense_mask(self) -> torch.Tensor:
-        """[B, H, S, S] boolean query-key mask in original order. Quadratic: for tests and small inputs."""
-        return self.token_mask().index_select(3, self.partition.block_ids)
-
-    def density(self) -> torch.Tensor:
-        """[B, H] fraction of video query-key pairs attended (and computed: both backends do exact work)."""
-        S = self.partition.num_tokens
-        pairs = self.mask.to(torch.float32) @ self.partition.sizes.to(torch.float32)  # keys per row
-        if self.granularity == "tile":
-            pairs = pairs * self.tiles.sizes.to(torch.float32)
-        return pairs.sum(-1) / (S * S)
-
-
-# -- computing a selection ---------------------------------------------------------------------------------
 
 
 def _row_budget(config: VMoBAConfig, scheme: str, B: int, H: int, R: int, nb: int) -> int:

@@ -188,3 +188,21 @@ def test_token_path_in_segment_groups_matches_single_group(monkeypatch):
     g_ref = torch.autograd.grad((ref_out * w.double()).sum(), ref)
     for a, b in zip(g, g_ref):
         assert (a.double() - b).norm() / b.norm() < 1e-4
+
+
+@pytest.mark.parametrize("granularity", ["token", "tile"])
+def test_backward_reuses_the_work_lists_of_the_forward(monkeypatch, granularity):
+    import vmoba.kernels.work_lists as wl
+
+    built = []
+    for name in ("_tile_lists", "_tile_reverse_lists", "_segment_groups", "_pair_lists"):
+        original = getattr(wl, name)
+        monkeypatch.setattr(wl, name, lambda *a, _f=original, _n=name: built.append(_n) or _f(*a))
+    q, k, v, tk, tv, sel = _case((3, 4, 5), "3d", (2, 3, 2), granularity, 2, B=1, seed=60)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, tk, tv)]
+    out, _ = block_sparse_attention_triton(*inputs[:3], sel, 0.3, *inputs[3:])
+    forward_built = list(built)
+    torch.autograd.grad(out.sum(), inputs)
+    # the interpreter's forward and backward use the same launch sizes: nothing is built twice
+    assert len(built) == len(set(built)) and set(forward_built) <= set(built)
+    assert set(forward_built) == ({"_tile_lists"} if granularity == "tile" else {"_segment_groups", "_pair_lists"})

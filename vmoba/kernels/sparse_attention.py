@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .._parallel import parallel_map
-from ..selection import BlockSelection
+from ..layout import BlockSelection
 
 # PyTorch's fused CPU flash-attention kernel returns the log-sum-exp the merge needs, but not as a
 # differentiable output: it serves calls without autograd (inference), the matrix products the rest.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..selection import BlockSelection
+from ..layout import BlockSelection
 from . import work_lists as wl
 from ._triton import INTERPRET, new_empty, tl, triton
 

@@ -8,6 +8,9 @@ Tile granularity (``TileLists``): key chunks (runs of at most ``block_n`` keys o
 built without a host sync, which matters at short sequences); for every ``(batch*head, segment)`` the
 query chunks (runs of at most ``block_m`` rows of one tile) of the tiles that selected it (dK/dV).
 
+Every list is built once per selection and kept on it (`BlockSelection.work_lists`): the backward walks
+the lists the forward built.
+
 Token granularity (``PairLists``): a *pair* is (query, segment it selected), numbered query-major, so
 the pairs of one query are consecutive *slots*; per-pair partial results live in those slots. *Items* are
 runs of at most ``block_m`` pairs of one segment (the forward / dQ work units: queries grouped by key
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..selection import BlockSelection
+from ..layout import BlockSelection
 
 
 def _csr(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -91,6 +94,10 @@ def _cached_key_chunks(offsets: tuple, block_n: int, device: str) -> KeyChunks:
 
 
 def tile_lists(selection: BlockSelection, text_len: int, block_n: int) -> TileLists:
+    return selection.work_lists(("tile", text_len, block_n), lambda: _tile_lists(selection, text_len, block_n))
+
+
+def _tile_lists(selection: BlockSelection, text_len: int, block_n: int) -> TileLists:
     B, H, nt, _ = selection.mask.shape
     seg_offsets = segment_offsets(selection, text_len)
     n_seg = seg_offsets.numel() - 1
@@ -108,6 +115,11 @@ def tile_lists(selection: BlockSelection, text_len: int, block_n: int) -> TileLi
 
 def tile_reverse_lists(selection: BlockSelection, lists: TileLists, text_len: int, block_m: int):
     """(q_start, q_end, rev_ptr, rev_chunks): query chunks, and per (batch*head, segment) those computing it."""
+    key = ("tile_reverse", text_len, lists.chunks.start.numel(), block_m)
+    return selection.work_lists(key, lambda: _tile_reverse_lists(selection, lists, text_len, block_m))
+
+
+def _tile_reverse_lists(selection: BlockSelection, lists: TileLists, text_len: int, block_m: int):
     tiles = selection.tiles
     B, H, nt, _ = selection.mask.shape
     per_tile = (tiles.sizes + block_m - 1) // block_m
@@ -138,6 +150,11 @@ class PairLists:
 
 def segment_groups(selection: BlockSelection, text_len: int, max_pairs: int) -> list[tuple[int, int]]:
     """Consecutive segment ranges whose pairs fit ``max_pairs`` (a segment alone may exceed it)."""
+    key = ("segment_groups", text_len, max_pairs)
+    return selection.work_lists(key, lambda: _segment_groups(selection, text_len, max_pairs))
+
+
+def _segment_groups(selection: BlockSelection, text_len: int, max_pairs: int) -> list[tuple[int, int]]:
     counts = with_text_column(selection.mask, text_len).sum((0, 1, 2)).tolist()
     groups, lo, total = [], 0, 0
     for seg, c in enumerate(counts):
@@ -151,6 +168,11 @@ def segment_groups(selection: BlockSelection, text_len: int, max_pairs: int) -> 
 
 def pair_lists(selection: BlockSelection, text_len: int, block_m: int, segments: tuple[int, int]) -> PairLists:
     """Pair lists of the segments ``segments = (first, end)``; segment ids in them are relative to ``first``."""
+    key = ("pairs", text_len, block_m, tuple(segments))
+    return selection.work_lists(key, lambda: _pair_lists(selection, text_len, block_m, segments))
+
+
+def _pair_lists(selection: BlockSelection, text_len: int, block_m: int, segments: tuple[int, int]) -> PairLists:
     B, H, S, _ = selection.mask.shape
     lo, hi = segments
     seg_offsets = segment_offsets(selection, text_len)[lo : hi + 1]
