@@ -42,6 +42,20 @@ def test_pool_matches_reference(grid, scheme, chunk):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_pool_offsets_past_int32():
+    # b * stride_b passes 2**31 at b = 2: a 32-bit offset wraps and reads the wrong rows. The buffer is
+    # virtual (only the pages written take memory), with room below the view so a wrapped read stays inside.
+    part = get_partition((2, 2, 2), "3d", (1, 2, 1), DEVICE)
+    B, S, H, D = 3, part.num_tokens, 2, 4
+    stride_b, below = (1 << 30) + 64, 1 << 31
+    storage = torch.empty(below + B * stride_b, dtype=torch.int8, device=DEVICE)
+    x = storage.as_strided((B, S, H, D), (stride_b, H * D, D, 1), below)
+    g = torch.Generator().manual_seed(5)
+    x.copy_(torch.randint(-100, 100, (B, S, H, D), generator=g, dtype=torch.int8))
+    got = pool_segments_triton(x, part.order, part.offsets)
+    torch.testing.assert_close(got, pool_segments_reference(x, part.order, part.offsets), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("select_mode", ["threshold", "topk"])
 @pytest.mark.parametrize("granularity", ["token", "tile"])
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7])
