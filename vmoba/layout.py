@@ -13,8 +13,9 @@ are built, so the backward reuses the forward's lists instead of rebuilding them
 
 from __future__ import annotations
 
-import functools
+import itertools
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
@@ -144,10 +145,30 @@ class BlockPartition:
         return self.blocked_block_ids
 
     def tiles(self, query_tile: int) -> TileLayout:
-        return _tiles(self.grid, self.scheme, self.chunk, int(query_tile), str(self.device))
+        return _cached("tiles", self.grid, self.scheme, self.chunk, int(query_tile), str(self.device))
 
 
-@functools.lru_cache(maxsize=64)
+# Layouts are cached per (grid, scheme, chunk[, query tile], device), each under its own attribute of
+# `_LAYOUTS`, which torch.compile reads and guards on like any global: `_cache` builds a missing entry at
+# trace time (`assume_constant_result` runs it for real and hands back only the attribute's name), so the
+# compiler never traces the data-dependent sorts and counts of a build.
+_LAYOUTS = types.SimpleNamespace()
+_LAYOUT_NAMES: dict[tuple, str] = {}
+_LAYOUT_COUNTER = itertools.count()
+MAX_CACHED_LAYOUTS = 128
+
+
+@torch.compiler.assume_constant_result
+def _cache(key: tuple) -> str:
+    name = _LAYOUT_NAMES.get(key)
+    if name is None:
+        if len(_LAYOUT_NAMES) >= MAX_CACHED_LAYOUTS:
+            delattr(_LAYOUTS, _LAYOUT_NAMES.pop(next(iter(_LAYOUT_NAMES))))  # the oldest
+        name = _LAYOUT_NAMES[key] = f"layout_{next(_LAYOUT_COUNTER)}"
+        setattr(_LAYOUTS, name, _partition(*key[1:]) if key[0] == "partition" else _tiles(*key[1:]))
+    return name
+
+
 def _partition(grid: tuple, scheme: str, chunk: tuple, device: str) -> BlockPartition:
     ids = partition_blocks(grid, scheme, chunk)
     n = num_blocks(grid, scheme, chunk)
@@ -172,9 +193,8 @@ def _partition(grid: tuple, scheme: str, chunk: tuple, device: str) -> BlockPart
     )
 
 
-@functools.lru_cache(maxsize=64)
 def _tiles(grid: tuple, scheme: str, chunk: tuple, query_tile: int, device: str) -> TileLayout:
-    part = _partition(grid, scheme, chunk, "cpu")
+    part = _cached("partition", grid, scheme, chunk, "cpu")
     sizes = part.sizes
     per_block = (sizes + query_tile - 1) // query_tile  # tiles in each block
     block = torch.repeat_interleave(torch.arange(sizes.numel()), per_block)
@@ -204,7 +224,11 @@ def get_partition(
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return _partition(grid, scheme, chunk, str(device))
+    return _cached("partition", grid, scheme, chunk, str(device))
+
+
+def _cached(*key):
+    return getattr(_LAYOUTS, _cache(key))
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,15 +21,16 @@ every row.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .config import VMoBAConfig
 from .kernels.block_pool import pool_segments_reference, pool_segments_triton
 from .kernels.block_select import MAX_TRITON_BLOCKS, select_query_head_triton, threshold_select, topk_select
 from ._parallel import parallel_map
-from .layout import BlockPartition, BlockSelection
+from .layout import BlockPartition, BlockSelection, get_partition
 
 
 
@@ -53,6 +54,15 @@ def compute_selection(
     backend: str = "torch",
 ) -> BlockSelection:
     """Select key blocks for the video tokens ``q, k`` of shape ``(B, S, H, D)`` (original order)."""
+    if torch.compiler.is_compiling():  # one opaque custom op: the rules below are data-dependent
+        tiles = partition.tiles(config.query_tile)
+        rows = tiles.num_tiles if config.granularity == "tile" else partition.num_tokens
+        mask = selection_mask_op(
+            q, k, list(partition.grid), scheme, list(partition.chunk), config.granularity, config.query_tile,
+            config.select_mode, config.threshold, config.threshold_type, config.topk_for_scheme(scheme),
+            config.memory_budget_mb, backend, rows, partition.num_blocks,
+        )
+        return BlockSelection(partition, tiles, config.granularity, mask)
     B, S, H, D = q.shape
     nb = partition.num_blocks
     tiles = partition.tiles(config.query_tile)
@@ -141,3 +151,25 @@ def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R,
     if group == "block":
         return sel.view(B, nb, H, R).permute(0, 2, 3, 1).contiguous()
     return sel.view(B, H, R, nb)
+
+
+@torch.library.custom_op("vmoba::selection_mask", mutates_args=())
+def selection_mask_op(
+    q: Tensor, k: Tensor, grid: Sequence[int], scheme: str, chunk: Sequence[int], granularity: str, query_tile: int,
+    select_mode: str, threshold: float, threshold_type: str, topk: int, memory_budget_mb: int, backend: str,
+    rows: int, n_blocks: int,
+) -> Tensor:
+    """`compute_selection`'s mask ``[B, H, rows, n_blocks]`` as a custom op, so that `torch.compile` sees one
+    call with known output shape instead of the data-dependent rules (``rows`` and ``n_blocks`` come from
+    the partition, for the fake implementation)."""
+    config = VMoBAConfig(granularity=granularity, query_tile=query_tile, select_mode=select_mode,
+                         threshold=threshold, threshold_type=threshold_type, topk=(topk,) * 3,
+                         memory_budget_mb=memory_budget_mb)
+    partition = get_partition(grid, scheme, chunk, q.device)
+    return compute_selection(q, k, partition, config, scheme, backend).mask.clone()
+
+
+@selection_mask_op.register_fake
+def _(q, k, grid, scheme, chunk, granularity, query_tile, select_mode, threshold, threshold_type, topk,
+      memory_budget_mb, backend, rows, n_blocks):
+    return q.new_empty(q.shape[0], q.shape[2], rows, n_blocks, dtype=torch.bool)
