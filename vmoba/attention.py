@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from . import checks
 from .config import SCHEMES, VMoBAConfig, as_config
 from .kernels._triton import triton_unavailable_reason
+from .kernels.sparse_attention import block_sparse_attention_torch
+from .kernels.sparse_attention_op import block_sparse_attention
+from .kernels.sparse_attention_triton import block_sparse_attention_triton
 from .partition import get_partition, validate_grid
 from .selection import BlockSelection, compute_selection
 
@@ -255,13 +258,13 @@ def _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection: BlockSelection, s
 
 
 def _sparse_attention(q, k, v, selection: BlockSelection, scale, text_k, text_v, backend, config) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # one custom op: the backends' work is data-dependent
+        out, _ = block_sparse_attention(q, k, v, selection, scale, text_k, text_v, query_tile=config.query_tile,
+                                        backend=backend, memory_budget_mb=config.memory_budget_mb)
+        return out
     if backend == "triton":
-        from .kernels.sparse_attention_triton import block_sparse_attention_triton
-
         out, _ = block_sparse_attention_triton(q, k, v, selection, scale, text_k, text_v)
         return out
-    from .kernels.sparse_attention import block_sparse_attention_torch
-
     out, _ = block_sparse_attention_torch(q, k, v, selection, scale, text_k, text_v, config.memory_budget_mb)
     return out
 

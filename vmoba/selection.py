@@ -1,7 +1,8 @@
 """Block selection: which key blocks each query (or query tile) attends.
 
 Data flow: block means of the keys (`kbar`) -> gate scores ``s = q . kbar`` in float32 -> the threshold or
-top-k rule of the configured group -> a `BlockSelection`, the structure the attention backends consume.
+top-k rule of the configured group -> a `BlockSelection` (`vmoba.layout`), the structure the attention
+backends consume.
 
 The threshold rule of a group (one query of one head for ``query_head``; larger groups for the global
 types) over its (query, block) pairs:
@@ -20,59 +21,17 @@ every row.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .config import VMoBAConfig
 from .kernels.block_pool import pool_segments_reference, pool_segments_triton
 from .kernels.block_select import MAX_TRITON_BLOCKS, select_query_head_triton, threshold_select, topk_select
 from ._parallel import parallel_map
-from .partition import BlockPartition, TileLayout
+from .layout import BlockPartition, BlockSelection, get_partition
 
-
-# -- the selection structure ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class BlockSelection:
-    """Which key blocks each query attends: the structure the attention backends consume.
-
-    ``mask[b, h, r, j]`` says whether row ``r`` attends key block ``j``. Rows are in blocked order (see
-    `vmoba.partition`): one row per query tile in ``tile`` granularity (every query of the tile shares the
-    row), one row per query in ``token`` granularity.
-    """
-
-    partition: BlockPartition
-    tiles: TileLayout
-    granularity: str
-    mask: torch.Tensor  # [B, H, rows, n_blocks] bool
-
-    def query_mask(self) -> torch.Tensor:
-        """[B, H, S, n_blocks] selection of every query, blocked order."""
-        if self.granularity == "token":
-            return self.mask
-        return self.mask.index_select(2, self.tiles.token_tile)
-
-    def token_mask(self) -> torch.Tensor:
-        """[B, H, S, n_blocks] selection of every query, original token order (what `select_blocks` returns)."""
-        return self.query_mask().index_select(2, self.partition.inverse)
-
-    def dense_mask(self) -> torch.Tensor:
-        """[B, H, S, S] boolean query-key mask in original order. Quadratic: for tests and small inputs."""
-        return self.token_mask().index_select(3, self.partition.block_ids)
-
-    def density(self) -> torch.Tensor:
-        """[B, H] fraction of video query-key pairs attended (and computed: both backends do exact work)."""
-        S = self.partition.num_tokens
-        pairs = self.mask.to(torch.float32) @ self.partition.sizes.to(torch.float32)  # keys per row
-        if self.granularity == "tile":
-            pairs = pairs * self.tiles.sizes.to(torch.float32)
-        return pairs.sum(-1) / (S * S)
-
-
-# -- computing a selection ---------------------------------------------------------------------------------
 
 
 def _row_budget(config: VMoBAConfig, scheme: str, B: int, H: int, R: int, nb: int) -> int:
@@ -95,6 +54,15 @@ def compute_selection(
     backend: str = "torch",
 ) -> BlockSelection:
     """Select key blocks for the video tokens ``q, k`` of shape ``(B, S, H, D)`` (original order)."""
+    if torch.compiler.is_compiling():  # one opaque custom op: the rules below are data-dependent
+        tiles = partition.tiles(config.query_tile)
+        rows = tiles.num_tiles if config.granularity == "tile" else partition.num_tokens
+        mask = selection_mask_op(
+            q, k, list(partition.grid), scheme, list(partition.chunk), config.granularity, config.query_tile,
+            config.select_mode, config.threshold, config.threshold_type, config.topk_for_scheme(scheme),
+            config.memory_budget_mb, backend, rows, partition.num_blocks,
+        )
+        return BlockSelection(partition, tiles, config.granularity, mask)
     B, S, H, D = q.shape
     nb = partition.num_blocks
     tiles = partition.tiles(config.query_tile)
@@ -183,3 +151,25 @@ def _select(rows_of, kbar, own_block, config: VMoBAConfig, scheme: str, B, H, R,
     if group == "block":
         return sel.view(B, nb, H, R).permute(0, 2, 3, 1).contiguous()
     return sel.view(B, H, R, nb)
+
+
+@torch.library.custom_op("vmoba::selection_mask", mutates_args=())
+def selection_mask_op(
+    q: Tensor, k: Tensor, grid: Sequence[int], scheme: str, chunk: Sequence[int], granularity: str, query_tile: int,
+    select_mode: str, threshold: float, threshold_type: str, topk: int, memory_budget_mb: int, backend: str,
+    rows: int, n_blocks: int,
+) -> Tensor:
+    """`compute_selection`'s mask ``[B, H, rows, n_blocks]`` as a custom op, so that `torch.compile` sees one
+    call with known output shape instead of the data-dependent rules (``rows`` and ``n_blocks`` come from
+    the partition, for the fake implementation)."""
+    config = VMoBAConfig(granularity=granularity, query_tile=query_tile, select_mode=select_mode,
+                         threshold=threshold, threshold_type=threshold_type, topk=(topk,) * 3,
+                         memory_budget_mb=memory_budget_mb)
+    partition = get_partition(grid, scheme, chunk, q.device)
+    return compute_selection(q, k, partition, config, scheme, backend).mask.clone()
+
+
+@selection_mask_op.register_fake
+def _(q, k, grid, scheme, chunk, granularity, query_tile, select_mode, threshold, threshold_type, topk,
+      memory_budget_mb, backend, rows, n_blocks):
+    return q.new_empty(q.shape[0], q.shape[2], rows, n_blocks, dtype=torch.bool)

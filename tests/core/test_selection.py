@@ -155,3 +155,16 @@ def test_select_blocks_errors():
     bad[0, 3, 1, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         select_blocks(bad, q, (2, 3, 4))
+
+
+def test_selection_leaves_the_hosts_thread_setting_alone(monkeypatch):
+    # two workers whatever the host has, so the rows are spread over the thread pool
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    grid = (5, 7, 9)
+    config = VMoBAConfig(temporal_chunk=2, spatial_chunk=(3, 4), st_chunk=(2, 3, 4), threshold=0.3)
+    q, k = _inputs(2, math.prod(grid), 3, 8, seed=7)
+    robust = [_check_against_brute(grid, layer, config, q, k) for layer in range(3)]
+    assert min(robust) > 0 and sum(robust) / 3 > 0.8
+    assert calls == []

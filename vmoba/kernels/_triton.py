@@ -10,15 +10,20 @@ import os
 
 import torch
 
-try:  # pragma: no cover - exercised implicitly
+try:
     import triton
     import triton.language as tl
 
     triton_available = True
-except Exception:  # ImportError, or a broken install
+    triton_import_error: str | None = None
+except Exception as error:  # absent, or installed but broken (a missing shared library, a version clash, ...)
     triton = None
     tl = None
     triton_available = False
+    if isinstance(error, ModuleNotFoundError) and error.name == "triton":
+        triton_import_error = "Triton is not installed (pip install triton)"
+    else:
+        triton_import_error = f"Triton is installed but does not import: {type(error).__name__}: {error}"
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -26,7 +31,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """None when the Triton kernels can run on ``device``; otherwise why not, in words a user can act on."""
     if not triton_available:
-        return "Triton is not installed (pip install triton)"
+        return triton_import_error
     if device.type == "cuda":
         if INTERPRET:
             return "TRITON_INTERPRET=1 is set, so Triton kernels would run in the interpreter, not on the GPU"

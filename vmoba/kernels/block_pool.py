@@ -35,8 +35,9 @@ if triton_available:
         stride_ob, stride_oh, stride_on,
         H, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        seg = tl.program_id(0)
-        bh = tl.program_id(1)
+        # 64-bit offsets: b * stride_xb passes 2**31 once B*S*H*D does (75,600 tokens, 40 heads, batch 7)
+        seg = tl.program_id(0).to(tl.int64)
+        bh = tl.program_id(1).to(tl.int64)
         b = bh // H
         h = bh % H
         start = tl.load(offsets_ptr + seg)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .._parallel import parallel_map
-from ..selection import BlockSelection
+from ..layout import BlockSelection
 
 # PyTorch's fused CPU flash-attention kernel returns the log-sum-exp the merge needs, but not as a
 # differentiable output: it serves calls without autograd (inference), the matrix products the rest.
@@ -193,3 +193,98 @@ def _attend_one_head(q, k, v, text, chosen, offsets, budget, differentiable, fla
         for r0 in range(0, S, run):
             attend(torch.arange(r0, min(S, r0 + run), device=q.device), *text)
     return merge.result()
+
+
+def block_sparse_attention_torch_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+    selection: BlockSelection,
+    scale: float,
+    text_k: torch.Tensor | None = None,
+    text_v: torch.Tensor | None = None,
+    memory_budget_mb: int = 256,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of `block_sparse_attention_torch` from its outputs ``out, lse``, without autograd (for the
+    custom op's backward, which runs below autograd): ``(dq, dk, dv, dtext_k, dtext_v)``, the text gradients
+    None without text keys.
+
+    With ``p = exp(scale * q.k - lse)`` over the attended keys: ``dv = p^T dout``, ``ds = p * (dout.v - delta)``
+    with ``delta = rowsum(dout * out) - dlse``, ``dq = scale * ds k``, ``dk = scale * ds^T q``; key block by
+    key block, over the queries that selected it, as the forward."""
+    B, S, H, D = q.shape
+    part = selection.partition
+    cdt = _compute_dtype(q)
+    acc = torch.float64 if cdt == torch.float64 else torch.float32
+
+    def blocked(x: torch.Tensor, dtype=cdt) -> torch.Tensor:  # [B*H, S, ...] in blocked order
+        x = x.index_select(1, part.order).transpose(1, 2).to(dtype)
+        return x.reshape(B * H, S, *x.shape[3:])
+
+    def heads_first(x):
+        return None if x is None else x.transpose(1, 2).to(cdt).reshape(B * H, x.shape[1], D)
+
+    qb, kb, vb, dob = blocked(q), blocked(k), blocked(v), blocked(dout)
+    delta = (dob.to(acc) * blocked(out, acc)).sum(-1)
+    if dlse is not None:
+        delta = delta - blocked(dlse.transpose(1, 2), acc)
+    lseb = blocked(lse.transpose(1, 2), acc)
+    tk, tv = heads_first(text_k), heads_first(text_v)
+    chosen = selection.query_mask().reshape(B * H, S, part.num_blocks)
+    offsets = part.offsets.tolist()
+    budget = memory_budget_mb << 20
+
+    def one_head(bh):
+        dq = torch.zeros(S, D, dtype=acc, device=q.device)
+        dk = torch.zeros(S, D, dtype=acc, device=q.device)
+        dv = torch.zeros(S, D, dtype=acc, device=q.device)
+        block, query = chosen[bh].t().nonzero(as_tuple=True)  # grouped by block, queries ascending
+        counts = torch.bincount(block, minlength=part.num_blocks).tolist()
+
+        def attend(rows, keys, values):
+            """Gradient contributions of ``rows`` attending ``keys``: (dq rows, dk, dv) of those keys."""
+            qr, dor = qb[bh].index_select(0, rows), dob[bh].index_select(0, rows)
+            p = torch.exp((qr @ keys.t()).to(acc) * scale - lseb[bh, rows, None])
+            ds = p * ((dor @ values.t()).to(acc) - delta[bh, rows, None])
+            return ((ds @ keys.to(acc)) * scale, (ds.t() @ qr.to(acc)) * scale, p.t() @ dor.to(acc))
+
+        start = 0
+        for j, count in enumerate(counts):
+            lo, hi = offsets[j], offsets[j + 1]
+            run = max(1, budget // (8 * (hi - lo) * 16))
+            for r0 in range(start, start + count, run):
+                rows = query[r0 : min(start + count, r0 + run)]
+                dq_rows, dk_j, dv_j = attend(rows, kb[bh, lo:hi], vb[bh, lo:hi])
+                dq.index_add_(0, rows, dq_rows)
+                dk[lo:hi] += dk_j
+                dv[lo:hi] += dv_j
+            start += count
+        if tk is None:
+            return dq, dk, dv, None, None
+        dtk, dtv = torch.zeros_like(tk[bh], dtype=acc), torch.zeros_like(tv[bh], dtype=acc)
+        run = max(1, budget // (8 * tk.shape[1] * 16))
+        for r0 in range(0, S, run):
+            rows = torch.arange(r0, min(S, r0 + run), device=q.device)
+            dq_rows, dk_t, dv_t = attend(rows, tk[bh], tv[bh])
+            dq[r0 : r0 + rows.numel()] += dq_rows
+            dtk += dk_t
+            dtv += dv_t
+        return dq, dk, dv, dtk, dtv
+
+    grads = list(zip(*parallel_map(one_head, B * H, q.device)))
+
+    def original(parts, dtype, length=S, blocked_order=True):
+        x = torch.stack(parts).reshape(B, H, length, D)
+        if blocked_order:
+            x = x.index_select(2, part.inverse)
+        return x.transpose(1, 2).to(dtype)
+
+    dq, dk, dv = (original(g, x.dtype) for g, x in zip(grads[:3], (q, k, v)))
+    if text_k is None:
+        return dq, dk, dv, None, None
+    L = text_k.shape[1]
+    return (dq, dk, dv, original(grads[3], text_k.dtype, L, False), original(grads[4], text_v.dtype, L, False))

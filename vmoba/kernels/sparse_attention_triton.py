@@ -7,14 +7,16 @@ block is a contiguous range; text keys (always attended) are appended as one mor
 only the work lists of `work_lists.py`. LSE is kept in the log2 domain of the scaled logits inside.
 
 Tile granularity (every query of a tile shares its block list): ``_tile_fwd`` and ``_tile_bwd_dq`` walk a
-tile's key chunks with online softmax; ``_tile_bwd_dkdv`` walks, for one key chunk, the query chunks of the
-tiles that selected its block. A flat loop over key chunks keeps loops long even when blocks are small.
+tile's key chunks with online softmax. A flat loop over key chunks keeps loops long even when blocks are
+small.
 
 Token granularity (the paper's per-query rule): queries are grouped by key block, so the work is exactly
 the selected pairs. ``_pair_fwd`` attends one run of queries to one whole block and writes a partial
 output and LSE per pair; ``_pair_merge`` combines the partials of each query. Backward: ``_pair_bwd_dq``
-writes per-pair partial dQ (summed by ``_pair_sum``), ``_pair_bwd_dkdv`` walks, for one key chunk, every
-run of queries that selected its block. Partials cost ``pairs x D`` extra memory.
+writes per-pair partial dQ (summed by ``_pair_sum``). Partials cost ``pairs x D`` extra memory.
+
+dK/dV, one kernel for both (``_bwd_dkdv``): for one key chunk, every run of queries that selected its
+block, a run being a tile's query chunk (contiguous rows) or an item of the pair lists (gathered rows).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..selection import BlockSelection
+from ..layout import BlockSelection
 from . import work_lists as wl
 from ._triton import INTERPRET, new_empty, tl, triton
 
@@ -125,41 +127,6 @@ if triton is not None:
                                       col_ok[None, :] & row_ok[:, None], qk_scale, PRECISION)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
             tl.store(DQ + io, (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
-
-    @triton.jit
-    def _tile_bwd_dkdv(
-        Q, K, V, DO, LSE, DELTA, DK, DV, CH_START, CH_END, CH_SEG, REV_PTR, REV_CHUNKS, QC_START, QC_END,
-        S, SK, n_seg, qk_scale, sm_scale,
-        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-    ):
-        c = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
-        seg = tl.load(CH_SEG + c)
-        cols = tl.load(CH_START + c) + tl.arange(0, BLOCK_N)
-        col_ok = cols < tl.load(CH_END + c)
-        d = tl.arange(0, BLOCK_D)
-        d_ok = d < D
-        kv = (bh * SK + cols[:, None]) * D + d[None, :]
-        kv_mask = col_ok[:, None] & d_ok[None, :]
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for i in range(tl.load(REV_PTR + bh * n_seg + seg), tl.load(REV_PTR + bh * n_seg + seg + 1)):
-            qc = tl.load(REV_CHUNKS + i)
-            rows = tl.load(QC_START + qc) + tl.arange(0, BLOCK_M)
-            row_ok = rows < tl.load(QC_END + qc)
-            io = (bh * S + rows[:, None]) * D + d[None, :]
-            io_mask = row_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + io, mask=io_mask, other=0.0)
-            do = tl.load(DO + io, mask=io_mask, other=0.0)
-            lse = tl.load(LSE + bh * S + rows, mask=row_ok, other=0.0)
-            delta = tl.load(DELTA + bh * S + rows, mask=row_ok, other=0.0)
-            k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, kv_mask, col_ok[None, :] & row_ok[:, None],
-                                  qk_scale, PRECISION)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        tl.store(DK + kv, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
     # -- token granularity: queries grouped by key block ---------------------------------------------
 
@@ -299,14 +266,23 @@ if triton is not None:
         else:
             tl.store(DQ_RUN + io, acc, mask=io_mask)
 
+    # -- dK/dV, both granularities --------------------------------------------------------------------
+
     @triton.jit
-    def _pair_bwd_dkdv(
-        Q, K, V, DO, LSE, DELTA, DK, DV, CH_START, CH_END, CH_SEG, GROUP_ITEMS, ITEM_GROUP, ITEM_START,
-        ITEM_LEN, ITEM_SLOTS, PAIR_ROW,
-        S, SK, n_seg, qk_scale, sm_scale,
+    def _bwd_dkdv(
+        Q, K, V, DO, LSE, DELTA, DK, DV, CH_START, CH_END, CH_SEG, RUNS, RUN_COUNT, RUN_START, RUN_LEN,
+        ITEM_SLOTS, PAIR_ROW,
+        S, SK, n_seg, width, qk_scale, sm_scale,
         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, GATHER: tl.constexpr,
     ):
+        """dK and dV of one key chunk: every *run* of at most BLOCK_M queries that selected its segment.
+
+        Tile granularity (GATHER false): a run is a query chunk, rows ``RUN_START[r] + i`` for
+        ``i < RUN_LEN[r]``; the runs of (batch*head, segment) ``g`` are ``RUNS[g * width + i]`` for
+        ``i < RUN_COUNT[g]``. Token granularity (GATHER): a run is an item of the pair lists, rows
+        ``PAIR_ROW[ITEM_SLOTS[RUN_START[r] + i]]``; the items of ``g`` are ``RUN_COUNT[g] .. RUN_COUNT[g + 1]``
+        (consecutive), and RUNS is unused."""
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
         seg = tl.load(CH_SEG + c)
@@ -319,15 +295,29 @@ if triton is not None:
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         group = bh * n_seg + seg
-        for item in range(tl.load(GROUP_ITEMS + group), tl.load(GROUP_ITEMS + group + 1)):
-            _, _, slot, row, ok = _pair_rows(ITEM_GROUP, ITEM_START, ITEM_LEN, ITEM_SLOTS, PAIR_ROW, item, n_seg,
-                                             BLOCK_M)
-            io = (bh * S + row[:, None]) * D + d[None, :]
+        if GATHER:
+            first = tl.load(RUN_COUNT + group)
+            n_runs = tl.load(RUN_COUNT + group + 1) - first
+        else:
+            first = group * width
+            n_runs = tl.load(RUN_COUNT + group)
+        i = tl.arange(0, BLOCK_M)
+        for j in range(n_runs):
+            if GATHER:
+                run = first + j
+                ok = i < tl.load(RUN_LEN + run)
+                slot = tl.load(ITEM_SLOTS + tl.load(RUN_START + run) + i, mask=ok, other=0).to(tl.int64)
+                rows = tl.load(PAIR_ROW + slot, mask=ok, other=0)
+            else:
+                run = tl.load(RUNS + first + j)
+                ok = i < tl.load(RUN_LEN + run)
+                rows = tl.load(RUN_START + run) + i
+            io = (bh * S + rows[:, None]) * D + d[None, :]
             io_mask = ok[:, None] & d_ok[None, :]
             q = tl.load(Q + io, mask=io_mask, other=0.0)
             do = tl.load(DO + io, mask=io_mask, other=0.0)
-            lse = tl.load(LSE + bh * S + row, mask=ok, other=0.0)
-            delta = tl.load(DELTA + bh * S + row, mask=ok, other=0.0)
+            lse = tl.load(LSE + bh * S + rows, mask=ok, other=0.0)
+            delta = tl.load(DELTA + bh * S + rows, mask=ok, other=0.0)
             k, p, ds = _grad_step(q, do, lse, delta, K + kv, V + kv, kv_mask, col_ok[None, :] & ok[:, None],
                                   qk_scale, PRECISION)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
@@ -403,10 +393,12 @@ def _tile_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
         scale * LOG2E, scale,
         SPLITS=splits, **meta,
     )
-    q_start, q_end, rev_ptr, rev_chunks = wl.tile_reverse_lists(selection, lists, L, cfg.block_m)
-    _tile_bwd_dkdv[(lists.chunks.start.numel(), BH)](
-        qb, kb, vb, dob, lse, delta, dk, dv, lists.chunks.start, lists.chunks.end, lists.chunks.segment,
-        rev_ptr, rev_chunks, q_start, q_end, S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
+    rev = wl.tile_reverse_lists(selection, L, cfg.block_m)
+    keys = lists.chunks
+    _bwd_dkdv[(keys.start.numel(), BH)](
+        qb, kb, vb, dob, lse, delta, dk, dv, keys.start, keys.end, keys.segment, rev.table, rev.count,
+        rev.queries.start, rev.queries.length, rev.table, rev.table, S, kb.shape[1], lists.n_seg, rev.table.shape[1],
+        scale * LOG2E, scale, GATHER=False, **meta,
     )
     return dq, dk, dv
 
@@ -467,10 +459,11 @@ def _pair_backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg):
             partial_dq, lists.query_ptr, dq, dq_run, S, D=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=cfg.block_m,
             FIRST=g == 0, LAST=g == len(groups) - 1, num_warps=cfg.num_warps,
         )
-        chunks = wl.key_chunks(lists.seg_offsets.long(), cfg.block_n)  # chunks of this group's segments only
-        _pair_bwd_dkdv[(chunks.start.numel(), BH)](
-            qb, kb, vb, dob, lse, delta, dk, dv, chunks.start, chunks.end, chunks.segment, lists.group_items,
-            *_pair_args(lists)[1:], S, kb.shape[1], lists.n_seg, scale * LOG2E, scale, **meta,
+        keys = wl.chunks(lists.host_offsets, cfg.block_n, str(qb.device))  # chunks of this group's segments only
+        _bwd_dkdv[(keys.start.numel(), BH)](
+            qb, kb, vb, dob, lse, delta, dk, dv, keys.start, keys.end, keys.segment, lists.group_items,
+            lists.group_items, lists.item_start, lists.item_len, lists.item_slots, lists.pair_row,
+            S, kb.shape[1], lists.n_seg, 0, scale * LOG2E, scale, GATHER=True, **meta,
         )
     return dq, dk, dv
 
@@ -488,16 +481,22 @@ def _heads_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B * H, L, D)
 
 
+def _blocked_inputs(q, k, v, text_k, text_v, order):
+    """q, k, v in blocked head-major order, the text keys and values appended as the last segment."""
+    qb, kb, vb = _blocked(q, order), _blocked(k, order), _blocked(v, order)
+    if text_k is not None:
+        kb = torch.cat([kb, _heads_first(text_k)], 1).contiguous()
+        vb = torch.cat([vb, _heads_first(text_v)], 1).contiguous()
+    return qb, kb, vb
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, text_k, text_v, selection: BlockSelection, scale: float, configs):
         B, S, H, D = q.shape
         part = selection.partition
         L = 0 if text_k is None else text_k.shape[1]
-        qb, kb, vb = _blocked(q, part.order), _blocked(k, part.order), _blocked(v, part.order)
-        if L:
-            kb = torch.cat([kb, _heads_first(text_k)], 1).contiguous()
-            vb = torch.cat([vb, _heads_first(text_v)], 1).contiguous()
+        qb, kb, vb = _blocked_inputs(q, k, v, text_k, text_v, part.order)
         forward = _pair_forward if selection.granularity == "token" else _tile_forward
         ob, lse = forward(qb, kb, vb, selection, L, scale, configs[0])
         ctx.save_for_backward(qb, kb, vb, ob, lse)
@@ -509,28 +508,34 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         qb, kb, vb, ob, lse = ctx.saved_tensors
-        B, S, H, D = ctx.shape
-        selection, L = ctx.selection, ctx.L
-        order = selection.partition.order
-        if dout is None:
-            dob = torch.zeros_like(qb)
-            delta = torch.zeros_like(lse)
-        else:
-            dob = _blocked(dout.to(qb.dtype), order)
-            delta = (dob.float() * ob.float()).sum(-1)  # [B*H, S]
-        if dlse is not None:  # d lse / d logits = p, so an lse gradient folds into delta
-            delta = delta - _blocked(dlse.transpose(1, 2).unsqueeze(-1), order).squeeze(-1).float()
-        backward = _pair_backward if selection.granularity == "token" else _tile_backward
-        dq, dk, dv = backward(qb, kb, vb, dob, lse, delta, selection, L, ctx.scale, ctx.configs[1])
+        grads = _backward_blocked(qb, kb, vb, ob, lse, dout, dlse, ctx.selection, ctx.L, ctx.scale, ctx.configs[1],
+                                  ctx.shape)
+        return (*grads, None, None, None)
 
-        def original(x):
-            return x.view(B, H, S, D).index_select(2, selection.partition.inverse).transpose(1, 2)
 
-        dtext_k = dtext_v = None
-        if L:
-            dtext_k = dk[:, S:].view(B, H, L, D).transpose(1, 2)
-            dtext_v = dv[:, S:].view(B, H, L, D).transpose(1, 2)
-        return original(dq), original(dk[:, :S]), original(dv[:, :S]), dtext_k, dtext_v, None, None, None
+def _backward_blocked(qb, kb, vb, ob, lse, dout, dlse, selection, L, scale, cfg, shape):
+    """(dq, dk, dv, dtext_k, dtext_v) from the blocked tensors of the forward (``lse`` in the log2 domain)."""
+    B, S, H, D = shape
+    order = selection.partition.order
+    if dout is None:
+        dob = torch.zeros_like(qb)
+        delta = torch.zeros_like(lse)
+    else:
+        dob = _blocked(dout.to(qb.dtype), order)
+        delta = (dob.float() * ob.float()).sum(-1)  # [B*H, S]
+    if dlse is not None:  # d lse / d logits = p, so an lse gradient folds into delta
+        delta = delta - _blocked(dlse.transpose(1, 2).unsqueeze(-1), order).squeeze(-1).float()
+    backward = _pair_backward if selection.granularity == "token" else _tile_backward
+    dq, dk, dv = backward(qb, kb, vb, dob, lse, delta, selection, L, scale, cfg)
+
+    def original(x):
+        return x.view(B, H, S, D).index_select(2, selection.partition.inverse).transpose(1, 2)
+
+    dtext_k = dtext_v = None
+    if L:
+        dtext_k = dk[:, S:].view(B, H, L, D).transpose(1, 2)
+        dtext_v = dv[:, S:].view(B, H, L, D).transpose(1, 2)
+    return original(dq), original(dk[:, :S]), original(dv[:, :S]), dtext_k, dtext_v
 
 
 def block_sparse_attention_triton(
@@ -547,3 +552,29 @@ def block_sparse_attention_triton(
     if configs is None:
         configs = default_configs(q.shape[-1], q.dtype, selection.partition.max_block_size)
     return _BlockSparseAttention.apply(q, k, v, text_k, text_v, selection, float(scale), configs)
+
+
+def block_sparse_attention_triton_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+    selection: BlockSelection,
+    scale: float,
+    text_k: torch.Tensor | None = None,
+    text_v: torch.Tensor | None = None,
+    configs: tuple[KernelConfig, KernelConfig] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of `block_sparse_attention_triton` from its inputs and outputs, without autograd (for the
+    custom op's backward): ``(dq, dk, dv, dtext_k, dtext_v)``, the text gradients None without text keys."""
+    if configs is None:
+        configs = default_configs(q.shape[-1], q.dtype, selection.partition.max_block_size)
+    order = selection.partition.order
+    qb, kb, vb = _blocked_inputs(q, k, v, text_k, text_v, order)
+    ob = _blocked(out, order)
+    lse_b = _blocked(lse.transpose(1, 2).unsqueeze(-1), order).squeeze(-1).float() * LOG2E
+    L = 0 if text_k is None else text_k.shape[1]
+    return _backward_blocked(qb, kb, vb, ob, lse_b, dout, dlse, selection, L, float(scale), configs[1], tuple(q.shape))
