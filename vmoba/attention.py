@@ -207,6 +207,7 @@ def attention_with_selection(
         return out, AttentionStats(scheme, part.num_blocks, config.granularity, "dense", 1.0, reason), None
 
     backend = resolve_backend(config, q.device)
+    config = config.for_backend(backend)
     if text_len:
         qt, qv = split_text(q, text_len, text_first)
         kt, kv = split_text(k, text_len, text_first)

@@ -54,6 +54,7 @@ def compute_selection(
     backend: str = "torch",
 ) -> BlockSelection:
     """Select key blocks for the video tokens ``q, k`` of shape ``(B, S, H, D)`` (original order)."""
+    config = config.for_backend(backend)
     if torch.compiler.is_compiling():  # one opaque custom op: the rules below are data-dependent
         tiles = partition.tiles(config.query_tile)
         rows = tiles.num_tiles if config.granularity == "tile" else partition.num_tokens

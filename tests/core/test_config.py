@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import vmoba
 from vmoba import VMoBAConfig
 
 
@@ -10,7 +11,7 @@ def test_defaults_match_design():
     assert c.layer_schedule == ("1d", "2d", "3d")
     assert (c.temporal_chunk, c.spatial_chunk, c.st_chunk) == (2, (3, 4), (4, 6, 4))
     assert (c.select_mode, c.threshold, c.threshold_type) == ("threshold", 0.25, "query_head")
-    assert (c.granularity, c.query_tile) == ("token", 128)
+    assert (c.granularity, c.query_tile) == ("auto", 128)
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,23 @@ def test_criss_cross_layers_in_the_schedule():
     assert [c.scheme_for_layer(i) for i in range(4)] == ["crisscross", "2d", "3d", "crisscross"]
     with pytest.raises(ValueError, match="crisscross"):
         c.chunk_for_scheme("crisscross")
+
+
+def test_auto_granularity_is_tile_for_the_triton_kernels_and_token_for_the_torch_path():
+    config = VMoBAConfig()
+    assert config.granularity == "auto"
+    assert config.for_backend("triton").granularity == "tile"
+    assert config.for_backend("torch").granularity == "token"
+    explicit = VMoBAConfig(granularity="tile")
+    assert explicit.for_backend("torch") is explicit
+    assert config.for_backend("torch").replace(granularity="auto") == config
+
+
+def test_auto_granularity_on_cpu_selects_per_token():
+    q, k = torch.randn(2, 1, 4 * 6 * 6, 2, 8).unbind(0)
+    for layer in range(3):
+        auto = vmoba.select_blocks(q, k, (4, 6, 6), layer, VMoBAConfig(query_tile=8))
+        token = vmoba.select_blocks(q, k, (4, 6, 6), layer, VMoBAConfig(query_tile=8, granularity="token"))
+        assert torch.equal(auto, token)
+    out, stats = vmoba.vmoba_attention(q, k, k, (4, 6, 6), 1, VMoBAConfig(), return_stats=True)
+    assert stats.granularity == "token" and stats.backend == "torch"
