@@ -13,8 +13,14 @@ per line and masks the duplicates, so a 2D module evaluates ``H + W`` energies p
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from .attention import _split_text, check_qkv, dense_attention
+from .checks import boolean, integer, real
+from .partition import validate_grid
 
 
 def _check_input(x: torch.Tensor, dims: int, in_channels: int, name: str) -> None:
@@ -151,28 +157,66 @@ def criss_cross_attention(
     text_len: int = 0,
     text_first: bool = True,
     text_mask: torch.Tensor | None = None,
+    recurrence: int = 1,
 ) -> torch.Tensor:
     """Token-level criss-cross attention for transformers: ``(B, S, H, D)`` in and out.
 
     Per head, each video query attends, with one softmax at ``scale`` (``1/sqrt(D)`` by default), to the video
     tokens on its t-, h- and w-lines (``T + H + W - 2`` of them, itself once) and to every text token; text
     queries attend densely. Video tokens come frame-major over ``grid = (T, H, W)``; ``text_len`` text tokens
-    sit first or last; ``text_mask`` ``[B, text_len]`` marks valid text keys. Memory is
-    ``S x (T + H + W + text_len)``, never ``S x S``.
+    sit first or last; ``text_mask`` ``[B, text_len]`` marks valid text keys (padded ones are attended by no
+    query; their own outputs are still computed over the valid keys).
+
+    ``recurrence = R`` applies the layer's attention R times (CCNet's loops): with ``A`` the layer's sparse
+    attention matrix (queries and keys unchanged), the output is ``A^R v``: loop ``r + 1`` attends with the same
+    probabilities over the outputs of loop ``r`` as its values. On a 2D grid (one of T, H, W equal to 1) two
+    loops connect every video token to every other; a 3D grid needs three (any two tokens differ in at most
+    three coordinates, and each loop changes one); with text tokens, two loops already connect everything
+    through them. Cost: R times one loop, still linear in tokens x line length.
+
+    Memory is ``S x (T + H + W + text_len)`` per head, never ``S x S``.
     """
-    import math
-
-    from .attention import _split_text, check_qkv, dense_attention
-    from .partition import validate_grid
-
     check_qkv(q, k, v)
     B, S, Hn, D = q.shape
     T, H, W = validate_grid(grid)
-    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
-        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    text_len = integer("text_len", text_len, min=0, max=S - 1)
+    text_first = boolean("text_first", text_first)
+    recurrence = integer("recurrence", recurrence, min=1)
+    scale = 1.0 / math.sqrt(D) if scale is None else real("scale", scale, min=0.0, min_exclusive=True)
     if T * H * W != S - text_len:
-        raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens "
+                         f"(seq_len {S} - text_len {text_len})")
+    text_mask = _check_text_mask(text_mask, B, text_len, q.device)
+    values = v
+    for _ in range(recurrence):
+        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask)
+    return values
+
+
+def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tensor | None:
+    """The mask as given, or None when it masks nothing; errors name what is wrong."""
+    if text_mask is None:
+        return None
+    if not isinstance(text_mask, torch.Tensor):
+        raise TypeError(f"text_mask must be a bool torch.Tensor of shape ({batch}, text_len) or None, "
+                        f"got {type(text_mask).__name__}")
+    if text_len == 0:
+        raise ValueError("text_mask was given but text_len=0: there are no text tokens to mask (pass text_len, "
+                         "the number of text tokens in the sequence, or drop text_mask)")
+    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (batch, text_len):
+        raise ValueError(f"text_mask must be a bool tensor of shape ({batch}, {text_len}), got "
+                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
+    if text_mask.device != device:
+        raise ValueError(f"text_mask is on {text_mask.device} but q, k and v are on {device}")
+    if not bool(text_mask.any(-1).all()):
+        raise ValueError("text_mask leaves a batch element with no valid text token")
+    return None if bool(text_mask.all()) else text_mask
+
+
+def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask) -> torch.Tensor:
+    """One loop of `criss_cross_attention` on validated arguments."""
+    B, S, Hn, D = q.shape
+    T, H, W = grid
     qt, qv = _split_text(q, text_len, text_first) if text_len else (None, q)
     kt, kv = _split_text(k, text_len, text_first) if text_len else (None, k)
     vt, vv = _split_text(v, text_len, text_first) if text_len else (None, v)

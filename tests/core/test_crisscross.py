@@ -1,5 +1,7 @@
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -9,6 +11,7 @@ from vmoba.crisscross import (
     CrissCrossAttention,
     CrissCrossAttention3D,
     RecurrentCrissCrossAttention,
+    criss_cross_attention,
     crisscross_flops,
     non_local_flops,
 )
@@ -192,13 +195,160 @@ def test_token_criss_cross_matches_dense_masked_attention(grid, text_len, text_f
 
 
 def test_token_criss_cross_errors():
-    from vmoba import criss_cross_attention
-
     q = torch.randn(1, 24, 2, 4)
     with pytest.raises(ValueError, match="grid"):
         criss_cross_attention(q, q, q, (2, 3, 5))
     with pytest.raises(ValueError, match="text_len"):
         criss_cross_attention(q, q, q, (2, 3, 4), text_len=30)
+    # a mask over text tokens that do not exist used to be accepted and ignored
+    with pytest.raises(ValueError, match="text_mask was given but text_len=0"):
+        criss_cross_attention(q, q, q, (2, 3, 4), text_mask=torch.ones(1, 3, dtype=torch.bool))
+    grid = (2, 3, 3)  # 18 video tokens + 6 text tokens
+    bad = [
+        (dict(recurrence=0), ValueError, "recurrence"),
+        (dict(recurrence=True), TypeError, "recurrence"),
+        (dict(recurrence=1.5), TypeError, "recurrence"),
+        (dict(text_len=6, text_first="yes"), TypeError, "text_first"),
+        (dict(text_len=6, scale=float("nan")), ValueError, "scale"),
+        (dict(text_len=6, scale=0.0), ValueError, "scale"),
+        (dict(text_len=6, scale="1"), TypeError, "scale"),
+        (dict(text_len=6, text_mask=torch.ones(1, 5, dtype=torch.bool)), ValueError, r"text_mask .*\(1, 6\)"),
+        (dict(text_len=6, text_mask=torch.ones(1, 6)), ValueError, "bool"),
+        (dict(text_len=6, text_mask=[True] * 6), TypeError, "text_mask"),
+        (dict(text_len=6, text_mask=torch.zeros(1, 6, dtype=torch.bool)), ValueError, "no valid text token"),
+        (dict(text_len=-1), ValueError, "text_len"),
+        (dict(text_len=6.0), TypeError, "text_len"),
+    ]
+    for kwargs, error, message in bad:
+        with pytest.raises(error, match=message):
+            criss_cross_attention(q, q, q, grid, **kwargs)
+    # numbers of every numeric type are accepted
+    out = criss_cross_attention(q, q, q, grid, text_len=np.int64(6), recurrence=np.int32(2), scale=np.float32(0.5))
+    torch.testing.assert_close(out, criss_cross_attention(q, q, q, grid, text_len=6, recurrence=2, scale=0.5))
+
+
+# -- the token form against a naive per-position loop in float64 ------------------------------------------
+
+
+def naive_criss_cross(q, k, v, grid, *, text_len=0, text_first=True, text_mask=None, recurrence=1, scale=None):
+    """One query at a time, float64: the key set of each position written out (its t-, h- and w-lines, itself
+    once, and every valid text token for a video query; every video and valid text token for a text query),
+    one softmax over it; ``recurrence`` loops, each attending over the previous loop's outputs."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, S, Hn, D = q.shape
+    T, H, W = grid
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    video0 = text_len if text_first else 0
+    text0 = 0 if text_first else S - text_len
+    coords = list(itertools.product(range(T), range(H), range(W)))
+
+    def keys(b, i):
+        valid_text = [text0 + j for j in range(text_len) if text_mask is None or bool(text_mask[b, j])]
+        if not video0 <= i < video0 + T * H * W:
+            return list(range(video0, video0 + T * H * W)) + valid_text
+        a = coords[i - video0]
+        on_lines = [video0 + j for j, c in enumerate(coords) if sum(x != y for x, y in zip(a, c)) <= 1]
+        return on_lines + valid_text
+
+    values = v
+    for _ in range(recurrence):
+        rows = []
+        for b in range(B):
+            heads = []
+            for n in range(Hn):
+                outs = []
+                for i in range(S):
+                    idx = torch.tensor(keys(b, i))
+                    p = torch.softmax(k[b, idx, n] @ q[b, i, n] * scale, 0)
+                    outs.append(p @ values[b, idx, n])
+                heads.append(torch.stack(outs))
+            rows.append(torch.stack(heads, 1))
+        values = torch.stack(rows)
+    return values
+
+
+TOKEN_CASES = [  # grid, text_len, text_first, masked
+    ((3, 4, 5), 0, True, False),
+    ((1, 4, 5), 0, True, False),
+    ((3, 1, 4), 3, True, False),
+    ((2, 3, 4), 4, False, False),
+    ((2, 3, 3), 4, True, True),
+    ((1, 3, 4), 5, False, True),
+]
+
+
+@pytest.mark.parametrize("recurrence", [1, 2])
+@pytest.mark.parametrize("grid, text_len, text_first, masked", TOKEN_CASES)
+def test_token_form_matches_per_position_loop(grid, text_len, text_first, masked, recurrence):
+    g = torch.Generator().manual_seed(hash((grid, text_len, text_first, masked)) % 1000)
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(2, S, 2, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.rand(2, text_len, generator=g) < 0.6
+        mask[:, 0] = True
+        mask[1, -1] = False
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence)
+    want = naive_criss_cross(q, k, v, grid, **kwargs)
+    torch.testing.assert_close(criss_cross_attention(q, k, v, grid, **kwargs), want, rtol=1e-10, atol=1e-10)
+    # float32 inputs: float32 accumulation, close to the float64 loop
+    got32 = criss_cross_attention(q.float(), k.float(), v.float(), grid, **kwargs)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrence", [1, 2])
+@pytest.mark.parametrize("grid, text_len, text_first, masked", [TOKEN_CASES[0], TOKEN_CASES[3], TOKEN_CASES[5]])
+def test_token_form_gradients_match_per_position_loop(grid, text_len, text_first, masked, recurrence):
+    g = torch.Generator().manual_seed(7)
+    S = math.prod(grid) + text_len
+    inputs = [torch.randn(1, S, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    mask = None
+    if masked:
+        mask = torch.ones(1, text_len, dtype=torch.bool)
+        mask[0, 1] = False
+    upstream = torch.randn(1, S, 2, 4, generator=g, dtype=torch.float64)
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence, scale=0.7)
+    got = torch.autograd.grad((criss_cross_attention(*inputs, grid, **kwargs) * upstream).sum(), inputs)
+    want = torch.autograd.grad((naive_criss_cross(*inputs, grid, **kwargs) * upstream).sum(), inputs)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"d{name}")
+
+
+def _reach(grid, recurrence, text_len=0):
+    """[Sv, Sv] bool: video output i depends on some input (q, k or v) of video token j (full Jacobian)."""
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(1, S, 1, 2, dtype=torch.float64) for _ in range(3))
+
+    def f(q, k, v):
+        return criss_cross_attention(q, k, v, grid, text_len=text_len, recurrence=recurrence)
+
+    jac = torch.autograd.functional.jacobian(f, (q, k, v))  # each [1, S, 1, 2, 1, S, 1, 2]
+    dep = sum(j.abs().sum((0, 2, 3, 4, 6, 7)) for j in jac) > 0  # [S_out, S_in]
+    return dep[text_len:, text_len:]
+
+
+def _differ_at_most(grid, n):
+    coords = torch.tensor(list(itertools.product(*(range(g) for g in grid))))
+    return (coords[:, None] != coords[None]).sum(-1) <= n
+
+
+def test_recurrence_two_connects_every_video_pair_on_a_2d_grid():
+    for grid in ((1, 4, 5), (4, 1, 3), (3, 4, 1)):
+        one = _reach(grid, 1)
+        assert torch.equal(one, _differ_at_most(grid, 1)) and not one.all()  # one loop: exactly the lines
+        assert _reach(grid, 2).all()
+
+
+def test_recurrence_on_a_3d_grid_and_through_text():
+    grid = (2, 3, 4)
+    assert torch.equal(_reach(grid, 1), _differ_at_most(grid, 1))
+    two = _reach(grid, 2)
+    assert torch.equal(two, _differ_at_most(grid, 2)) and not two.all()  # each loop changes one coordinate
+    assert _reach(grid, 3).all()
+    # text tokens attend densely, so a second loop reaches every video token through them
+    assert not _reach(grid, 1, text_len=2).all()
+    assert _reach(grid, 2, text_len=2).all()
 
 
 def test_criss_cross_processor_in_a_wan_transformer():
