@@ -20,6 +20,8 @@ from torch import nn
 
 from .attention import _split_text, check_qkv, dense_attention
 from .checks import boolean, integer, real
+from .config import VMoBAConfig
+from .kernels.crisscross import criss_cross_attention_torch
 from .partition import validate_grid
 
 
@@ -158,6 +160,7 @@ def criss_cross_attention(
     text_first: bool = True,
     text_mask: torch.Tensor | None = None,
     recurrence: int = 1,
+    memory_budget_mb: int = VMoBAConfig.memory_budget_mb,
 ) -> torch.Tensor:
     """Token-level criss-cross attention for transformers: ``(B, S, H, D)`` in and out.
 
@@ -174,7 +177,9 @@ def criss_cross_attention(
     three coordinates, and each loop changes one); with text tokens, two loops already connect everything
     through them. Cost: R times one loop, still linear in tokens x line length.
 
-    Memory is ``S x (T + H + W + text_len)`` per head, never ``S x S``.
+    Memory: the PyTorch path works on runs of whole frames of a few heads, sized so that the logits of one
+    run and their temporaries stay within ``memory_budget_mb`` (default: `VMoBAConfig`'s); peak memory is
+    then the inputs, the output and one budget. Nothing is ever ``S x S``.
     """
     check_qkv(q, k, v)
     B, S, Hn, D = q.shape
@@ -186,10 +191,11 @@ def criss_cross_attention(
     if T * H * W != S - text_len:
         raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens "
                          f"(seq_len {S} - text_len {text_len})")
+    memory_budget_mb = integer("memory_budget_mb", memory_budget_mb, min=1)
     text_mask = _check_text_mask(text_mask, B, text_len, q.device)
     values = v
     for _ in range(recurrence):
-        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask)
+        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask, memory_budget_mb)
     return values
 
 
@@ -213,41 +219,32 @@ def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tens
     return None if bool(text_mask.all()) else text_mask
 
 
-def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask) -> torch.Tensor:
+def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask, memory_budget_mb) -> torch.Tensor:
     """One loop of `criss_cross_attention` on validated arguments."""
-    B, S, Hn, D = q.shape
-    T, H, W = grid
-    qt, qv = _split_text(q, text_len, text_first) if text_len else (None, q)
-    kt, kv = _split_text(k, text_len, text_first) if text_len else (None, k)
-    vt, vv = _split_text(v, text_len, text_first) if text_len else (None, v)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-
-    def lines(x):  # (B, S, Hn, D) -> (B, Hn, T, H, W, D)
-        return x.view(B, T, H, W, Hn, D).permute(0, 4, 1, 2, 3, 5).to(acc)
-
-    qg, kg, vg = lines(qv * scale), lines(kv), lines(vv)
-    e_t = _masked_self(torch.einsum("bnthwd,bnkhwd->bnthwk", qg, kg), T, 2)
-    e_h = _masked_self(torch.einsum("bnthwd,bntkwd->bnthwk", qg, kg), H, 3)
-    e_w = torch.einsum("bnthwd,bnthkd->bnthwk", qg, kg)
-    energies = [e_t, e_h, e_w]
-    if text_len:
-        ktn, vtn = kt.transpose(1, 2).to(acc), vt.transpose(1, 2).to(acc)  # (B, Hn, L, D)
-        e_text = torch.einsum("bnthwd,bnld->bnthwl", qg, ktn)
-        if text_mask is not None:
-            e_text = e_text.masked_fill(~text_mask.view(B, 1, 1, 1, 1, text_len), float("-inf"))
-        energies.append(e_text)
-    att = torch.softmax(torch.cat(energies, dim=-1), dim=-1)
-    a_t, a_h, a_w, *a_text = att.split([T, H, W] + ([text_len] if text_len else []), dim=-1)
-    out = (torch.einsum("bnthwk,bnkhwd->bnthwd", a_t, vg) + torch.einsum("bnthwk,bntkwd->bnthwd", a_h, vg)
-           + torch.einsum("bnthwk,bnthkd->bnthwd", a_w, vg))
-    if text_len:
-        out = out + torch.einsum("bnthwl,bnld->bnthwd", a_text[0], vtn)
-    out = out.permute(0, 2, 3, 4, 1, 5).reshape(B, S - text_len, Hn, D).to(q.dtype)
     if not text_len:
-        return out
-    mask = None
-    if text_mask is not None:
-        mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=q.device)
-        mask[:, 0, 0, slice(0, text_len) if text_first else slice(S - text_len, S)] = text_mask
-    out_t = dense_attention(qt, k, v, scale, mask)
-    return torch.cat([out_t, out] if text_first else [out, out_t], dim=1)
+        return criss_cross_attention_torch(q, k, v, grid, scale, memory_budget_mb=memory_budget_mb)[0]
+    qt, qv = _split_text(q, text_len, text_first)
+    kt, kv = _split_text(k, text_len, text_first)
+    vt, vv = _split_text(v, text_len, text_first)
+    out_v, _ = criss_cross_attention_torch(qv, kv, vv, grid, scale, kt, vt, text_mask, memory_budget_mb)
+    out_t = _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb)
+    return torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
+
+
+def _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb) -> torch.Tensor:
+    """Text queries attend densely over every video key and every valid text key. SDPA without a mask runs
+    PyTorch's fused (flash) kernel, whose working memory does not grow with the sequence, but copies its
+    inputs head-major: so it runs on as many heads at a time as the budget holds, and a masked batch one
+    element at a time over its valid keys rather than through a mask."""
+    B, S, Hn, D = k.shape
+    heads = max(1, (memory_budget_mb << 20) // (3 * S * D * max(4, k.element_size())))
+    outs = []
+    for b in range(B):
+        keep = slice(None)
+        if text_mask is not None:
+            keep = torch.ones(S, dtype=torch.bool, device=k.device)
+            keep[slice(0, text_len) if text_first else slice(S - text_len, S)] = text_mask[b]
+        kb, vb = k[b : b + 1, keep], v[b : b + 1, keep]
+        outs.append(torch.cat([dense_attention(qt[b : b + 1, :, n : n + heads], kb[:, :, n : n + heads],
+                                               vb[:, :, n : n + heads], scale) for n in range(0, Hn, heads)], 2))
+    return torch.cat(outs)

@@ -373,3 +373,32 @@ def test_criss_cross_processor_in_a_wan_transformer():
     vmoba.disable(model)
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs)[0], reference)
+
+
+def test_token_form_memory_stays_within_the_budget():
+    # 2048 video tokens, 4 heads: every logit of a head at once would be 4 x 2048 x 40 float64 values (2.5 MiB);
+    # with a 1 MiB budget the logits come in runs of a few frames of one head
+    grid, L = (8, 16, 16), 8
+    S = math.prod(grid) + L
+    q, k, v = (torch.randn(1, S, 4, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(1, L, dtype=torch.bool)
+    mask[0, 3] = False
+    kwargs = dict(text_len=L, text_mask=mask, recurrence=2)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        small = criss_cross_attention(q, k, v, grid, memory_budget_mb=1, **kwargs)
+    assert max(saved) <= 1 << 20
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        whole = criss_cross_attention(q, k, v, grid, memory_budget_mb=1024, **kwargs)
+    assert max(saved) >= 4 * 2048 * 40 * 8  # one run: every logit of every head
+    torch.testing.assert_close(small, whole, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the path without autograd writes runs into the output in place
+        torch.testing.assert_close(criss_cross_attention(q, k, v, grid, memory_budget_mb=1, **kwargs), whole)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        criss_cross_attention(q, k, v, grid, memory_budget_mb=0, **kwargs)
