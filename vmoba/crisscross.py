@@ -13,15 +13,18 @@ per line and masks the duplicates, so a 2D module evaluates ``H + W`` energies p
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
 from .attention import _split_text, check_qkv, dense_attention
-from .checks import boolean, integer, real
-from .config import VMoBAConfig
+from .checks import boolean, choice, integer, real
+from .config import BACKENDS, VMoBAConfig
+from .kernels._triton import triton_unavailable_reason
 from .kernels.crisscross import criss_cross_attention_torch
+from .kernels.crisscross_triton import criss_cross_attention_triton
 from .partition import validate_grid
 
 
@@ -161,6 +164,7 @@ def criss_cross_attention(
     text_mask: torch.Tensor | None = None,
     recurrence: int = 1,
     memory_budget_mb: int = VMoBAConfig.memory_budget_mb,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Token-level criss-cross attention for transformers: ``(B, S, H, D)`` in and out.
 
@@ -180,6 +184,10 @@ def criss_cross_attention(
     Memory: the PyTorch path works on runs of whole frames of a few heads, sized so that the logits of one
     run and their temporaries stay within ``memory_budget_mb`` (default: `VMoBAConfig`'s); peak memory is
     then the inputs, the output and one budget. Nothing is ever ``S x S``.
+
+    ``backend``: ``"auto"`` (the fused Triton kernel on CUDA, the PyTorch path elsewhere and for float64),
+    ``"torch"`` or ``"triton"``, as `VMoBAConfig.backend`. The kernel recomputes its logits in the backward
+    pass from the saved log-sum-exp, so training memory does not grow with the line lengths either.
     """
     check_qkv(q, k, v)
     B, S, Hn, D = q.shape
@@ -193,9 +201,14 @@ def criss_cross_attention(
                          f"(seq_len {S} - text_len {text_len})")
     memory_budget_mb = integer("memory_budget_mb", memory_budget_mb, min=1)
     text_mask = _check_text_mask(text_mask, B, text_len, q.device)
+    if _resolve_backend(backend, q) == "triton":
+        video = criss_cross_attention_triton
+    else:
+        video = functools.partial(criss_cross_attention_torch, memory_budget_mb=memory_budget_mb)
     values = v
     for _ in range(recurrence):
-        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask, memory_budget_mb)
+        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask, video,
+                                   memory_budget_mb)
     return values
 
 
@@ -219,14 +232,29 @@ def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tens
     return None if bool(text_mask.all()) else text_mask
 
 
-def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask, memory_budget_mb) -> torch.Tensor:
-    """One loop of `criss_cross_attention` on validated arguments."""
+def _resolve_backend(backend, q: torch.Tensor) -> str:
+    """``"torch"`` or ``"triton"``, by the rule of `VMoBAConfig.backend` (``"auto"``: Triton on CUDA); the
+    kernel has no float64 version, so ``"auto"`` keeps float64 on the PyTorch path."""
+    choice("backend", backend, BACKENDS)
+    if backend == "torch" or (backend == "auto" and (q.device.type != "cuda" or q.dtype == torch.float64)):
+        return "torch"
+    reason = triton_unavailable_reason(q.device)
+    if reason is not None and backend == "triton":
+        raise RuntimeError(f"criss_cross_attention(backend='triton') cannot run here: {reason}")
+    if q.dtype == torch.float64 and backend == "triton":
+        raise ValueError("criss_cross_attention(backend='triton') runs float16, bfloat16 and float32, got float64; "
+                         "use backend='torch' or 'auto'")
+    return "torch" if reason is not None else "triton"
+
+
+def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask, video, memory_budget_mb):
+    """One loop of `criss_cross_attention` on validated arguments; ``video`` attends the video queries."""
     if not text_len:
-        return criss_cross_attention_torch(q, k, v, grid, scale, memory_budget_mb=memory_budget_mb)[0]
+        return video(q, k, v, grid, scale)[0]
     qt, qv = _split_text(q, text_len, text_first)
     kt, kv = _split_text(k, text_len, text_first)
     vt, vv = _split_text(v, text_len, text_first)
-    out_v, _ = criss_cross_attention_torch(qv, kv, vv, grid, scale, kt, vt, text_mask, memory_budget_mb)
+    out_v, _ = video(qv, kv, vv, grid, scale, kt, vt, text_mask)
     out_t = _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb)
     return torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
 

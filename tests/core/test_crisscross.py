@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vmoba
+from _reference import naive_criss_cross
 from vmoba.crisscross import (
     CrissCrossAttention,
     CrissCrossAttention3D,
@@ -228,44 +229,6 @@ def test_token_criss_cross_errors():
 
 
 # -- the token form against a naive per-position loop in float64 ------------------------------------------
-
-
-def naive_criss_cross(q, k, v, grid, *, text_len=0, text_first=True, text_mask=None, recurrence=1, scale=None):
-    """One query at a time, float64: the key set of each position written out (its t-, h- and w-lines, itself
-    once, and every valid text token for a video query; every video and valid text token for a text query),
-    one softmax over it; ``recurrence`` loops, each attending over the previous loop's outputs."""
-    q, k, v = q.double(), k.double(), v.double()
-    B, S, Hn, D = q.shape
-    T, H, W = grid
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    video0 = text_len if text_first else 0
-    text0 = 0 if text_first else S - text_len
-    coords = list(itertools.product(range(T), range(H), range(W)))
-
-    def keys(b, i):
-        valid_text = [text0 + j for j in range(text_len) if text_mask is None or bool(text_mask[b, j])]
-        if not video0 <= i < video0 + T * H * W:
-            return list(range(video0, video0 + T * H * W)) + valid_text
-        a = coords[i - video0]
-        on_lines = [video0 + j for j, c in enumerate(coords) if sum(x != y for x, y in zip(a, c)) <= 1]
-        return on_lines + valid_text
-
-    values = v
-    for _ in range(recurrence):
-        rows = []
-        for b in range(B):
-            heads = []
-            for n in range(Hn):
-                outs = []
-                for i in range(S):
-                    idx = torch.tensor(keys(b, i))
-                    p = torch.softmax(k[b, idx, n] @ q[b, i, n] * scale, 0)
-                    outs.append(p @ values[b, idx, n])
-                heads.append(torch.stack(outs))
-            rows.append(torch.stack(heads, 1))
-        values = torch.stack(rows)
-    return values
-
 
 TOKEN_CASES = [  # grid, text_len, text_first, masked
     ((3, 4, 5), 0, True, False),
