@@ -201,7 +201,7 @@ def criss_cross_attention(
                          f"(seq_len {S} - text_len {text_len})")
     memory_budget_mb = integer("memory_budget_mb", memory_budget_mb, min=1)
     text_mask = _check_text_mask(text_mask, B, text_len, q.device)
-    if _resolve_backend(backend, q) == "triton":
+    if criss_cross_backend(backend, q) == "triton":
         video = criss_cross_attention_triton
     else:
         video = functools.partial(criss_cross_attention_torch, memory_budget_mb=memory_budget_mb)
@@ -232,9 +232,10 @@ def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tens
     return None if bool(text_mask.all()) else text_mask
 
 
-def _resolve_backend(backend, q: torch.Tensor) -> str:
-    """``"torch"`` or ``"triton"``, by the rule of `VMoBAConfig.backend` (``"auto"``: Triton on CUDA); the
-    kernel has no float64 version, so ``"auto"`` keeps float64 on the PyTorch path."""
+def criss_cross_backend(backend, q: torch.Tensor) -> str:
+    """The path `criss_cross_attention(backend=backend)` takes for queries like ``q``: ``"torch"`` or
+    ``"triton"``, by the rule of `VMoBAConfig.backend` (``"auto"``: Triton on CUDA); the kernel has no
+    float64 version, so ``"auto"`` keeps float64 on the PyTorch path."""
     choice("backend", backend, BACKENDS)
     if backend == "torch" or (backend == "auto" and (q.device.type != "cuda" or q.dtype == torch.float64)):
         return "torch"

@@ -10,7 +10,7 @@ import torch
 
 from _reference import naive_criss_cross
 from vmoba import criss_cross_attention
-from vmoba.crisscross import _resolve_backend
+from vmoba.crisscross import criss_cross_backend
 from vmoba.kernels import _triton
 from vmoba.kernels.crisscross import criss_cross_attention_torch
 from vmoba.kernels.crisscross_triton import criss_cross_attention_triton
@@ -88,14 +88,18 @@ def test_entry_point_on_the_triton_backend(text_first):
 
 def test_backend_switch():
     x = torch.zeros(1, 4, 1, 8)
-    assert _resolve_backend("auto", x) == "torch"  # auto: Triton on CUDA only
-    assert _resolve_backend("torch", x) == "torch"
-    assert _resolve_backend("triton", x) == ("triton" if _triton.INTERPRET else None)
+    assert criss_cross_backend("auto", x) == "torch"  # auto: Triton on CUDA only
+    assert criss_cross_backend("torch", x) == "torch"
+    if _triton.INTERPRET:  # CPU tensors run the kernel only in the interpreter
+        assert criss_cross_backend("triton", x) == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="interpreter"):
+            criss_cross_backend("triton", x)
     with pytest.raises(ValueError, match="backend"):
-        _resolve_backend("cuda", x)
+        criss_cross_backend("cuda", x)
     with pytest.raises(ValueError, match="float64"):
-        _resolve_backend("triton", x.double())
-    assert _resolve_backend("auto", x.double()) == "torch"
+        criss_cross_backend("triton", x.double())
+    assert criss_cross_backend("auto", x.double()) == "torch"
     with pytest.raises(ValueError, match="float64"):
         criss_cross_attention_triton(x.double(), x.double(), x.double(), (1, 2, 2), 1.0)
 
