@@ -9,7 +9,8 @@ The grid is the 16K grid of attention_cpu.py (16 x 30 x 34 = 16,320 video tokens
 PyTorch path) with 1 and 2 loops at the default `memory_budget_mb`, with an unlimited budget (every logit of
 every head at once, as the path worked before it was budgeted) and with a 32 MiB budget.
 
-As in attention_cpu.py, each case runs in fresh processes: one for time (median of repeats, after a first
+Every case uses one torch thread unless --threads says otherwise (on a shared 2-core machine two threads
+mostly wait on each other). As in attention_cpu.py, each case runs in fresh processes: one for time (median of repeats, after a first
 call), one for memory with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_) so freed buffers go back to
 the system; peak memory is the resident-set high-water mark the call adds (VmHWM after a reset through
 /proc/self/clear_refs), so it counts the output and every temporary.
@@ -45,6 +46,7 @@ def _status_kib(field: str) -> int:
 
 def run_case(case: dict) -> dict:
     """Executed in a child process: one measurement, returned as a dict."""
+    torch.set_num_threads(case["threads"])
     grid, text_len = tuple(case["grid"]), case.get("text_len", 0)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, math.prod(grid) + text_len, HEADS, DIM, generator=gen) for _ in range(3))
@@ -108,6 +110,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny shapes: checks that the script runs")
     ap.add_argument("--repeat", type=int, default=2, help="timed calls per case after the first")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of every case (1 by default: steadier timings on a shared machine)")
     ap.add_argument("--out", default=None, help="folder for crisscross_cpu.json (default benchmarks/results)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,7 +121,7 @@ def main():
     grid, text_len = (QUICK_GRID, QUICK_TEXT) if args.quick else (GRID, TEXT)
     rows = []
     for name, case in cases(text_len):
-        case = dict(case, grid=list(grid), repeat=args.repeat)
+        case = dict(case, grid=list(grid), repeat=args.repeat, threads=args.threads)
         r = dict(name=name, tokens=math.prod(grid) + case.get("text_len", 0), **spawn(case))
         r["recurrence"], r["budget_mb"] = case.get("recurrence"), case.get("budget_mb")
         rows.append(r)
@@ -129,7 +133,8 @@ def main():
     print_table(rows, [("name", "attention", "{}"), ("tokens", "tokens", "{}"), ("ms", "ms", "{:.0f}"),
                        ("vs_dense", "speed-up vs SDPA", "{:.1f}x"), ("peak_mib", "peak MiB", "{:.0f}"),
                        ("density", "VMoBA density", "{:.3f}")])
-    info = machine_info()
+    torch.set_num_threads(args.threads)
+    info = machine_info()  # torch_threads: the cases' thread count
     try:
         import triton
 

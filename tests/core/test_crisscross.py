@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import vmoba
@@ -365,3 +367,26 @@ def test_token_form_memory_stays_within_the_budget():
         torch.testing.assert_close(criss_cross_attention(q, k, v, grid, memory_budget_mb=1, **kwargs), whole)
     with pytest.raises(ValueError, match="memory_budget_mb"):
         criss_cross_attention(q, k, v, grid, memory_budget_mb=0, **kwargs)
+
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid=st.tuples(*(st.integers(1, 3),) * 3), text_len=st.integers(0, 3), text_first=st.booleans(),
+       masked=st.booleans(), recurrence=st.integers(1, 2), heads=st.integers(1, 2), dim=st.integers(1, 5),
+       dtype=st.sampled_from(list(TOLERANCE)), budget=st.sampled_from([1, 256]), seed=st.integers(0, 2**16))
+def test_token_form_property(grid, text_len, text_first, masked, recurrence, heads, dim, dtype, budget, seed):
+    """Any grid, text layout, mask, dtype and budget: finite and equal to the float64 per-position loop."""
+    g = torch.Generator().manual_seed(seed)
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(2, S, heads, dim, generator=g).to(dtype) for _ in range(3))
+    mask = None
+    if masked and text_len:
+        mask = torch.rand(2, text_len, generator=g) < 0.5
+        mask[:, seed % text_len] = True
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence)
+    out = criss_cross_attention(q, k, v, grid, memory_budget_mb=budget, **kwargs)
+    assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out).all()
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double(), naive_criss_cross(q, k, v, grid, **kwargs), rtol=tol, atol=tol)
