@@ -1,4 +1,6 @@
-"""Criss-cross attention (CCNet) modules on feature maps: 2D, 3D and recurrent.
+"""Criss-cross attention (CCNet): modules on feature maps (2D, 3D, recurrent) and the token form for
+transformers, `criss_cross_attention` (its video-query kernels, PyTorch and Triton, live in
+``vmoba/kernels/crisscross*.py``; docs/crisscross.md has the whole story).
 
 Each position attends to the positions on its own lines through the map (row and column in 2D; the t-, h-
 and w-lines in 3D), itself counted once, with one softmax over all of them and no scaling. Energies are
