@@ -10,9 +10,9 @@ PyTorch path) with 1 and 2 loops at the default `memory_budget_mb`, with an unli
 every head at once, as the path worked before it was budgeted) and with a 32 MiB budget.
 
 Every case uses one torch thread unless --threads says otherwise (on a shared 2-core machine two threads
-mostly wait on each other). As in attention_cpu.py, each case runs in fresh processes: one for time (median of repeats, after a first
-call), one for memory with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_) so freed buffers go back to
-the system; peak memory is the resident-set high-water mark the call adds (VmHWM after a reset through
+mostly wait on each other). As in attention_cpu.py, each case runs in fresh processes: one for time (median
+of repeats, after a first call), one for memory with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_)
+so freed buffers go back to the system; peak memory is the resident-set high-water mark the call adds (VmHWM after a reset through
 /proc/self/clear_refs), so it counts the output and every temporary.
 """
 

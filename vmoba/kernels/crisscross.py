@@ -10,8 +10,9 @@ them through SDPA).
 The PyTorch path computes the logits of a run of whole frames of a few heads at a time, sized so that the
 working memory of one run (head-major copies of its heads' inputs, the logits, their softmax and the
 products' temporaries) stays within ``memory_budget_mb``: peak memory is then the inputs, the output and
-one budget, whatever the sequence length (a run is at least one frame of one head). Autograd works through it: it is the CPU training path,
-and then keeps each run's probabilities for the backward pass (``S x (T + H + W + L)`` per head).
+one budget, whatever the sequence length (a run is at least one frame of one head). Autograd works through
+it (it is the CPU training path) and then keeps each run's probabilities for the backward pass
+(``S x (T + H + W + L)`` per head).
 """
 
 from __future__ import annotations
