@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_cpu import _reset_peak_rss, _status_kib  # noqa: E402
 from common import machine_info, print_table, time_call, write_json  # noqa: E402
 
 import vmoba  # noqa: E402
@@ -37,11 +38,6 @@ import vmoba  # noqa: E402
 GRID, HEADS, DIM, TEXT = (16, 30, 34), 4, 64, 256
 QUICK_GRID, QUICK_TEXT = (4, 6, 8), 8
 UNLIMITED_MB = 1 << 20
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def run_case(case: dict) -> dict:
@@ -61,8 +57,7 @@ def run_case(case: dict) -> dict:
             memory_budget_mb=case["budget_mb"])
     with torch.no_grad():
         if case.get("measure") == "memory":
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+            _reset_peak_rss()
             before = _status_kib("VmRSS")
             fn()
             return dict(peak_mib=(_status_kib("VmHWM") - before) / 1024)

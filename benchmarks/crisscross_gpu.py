@@ -16,39 +16,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_gpu import bench, peak_memory  # noqa: E402
 from common import machine_info, print_table, rel_l2, write_json  # noqa: E402
 
 import vmoba  # noqa: E402
 
 SHAPES = {"8k": (8, 32, 32), "wan480p_81f": (21, 30, 52)}
 TEXT = 512
-
-
-def bench(fn, device):
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def peak_memory(fn, device):
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def timings(attend, q, k, v, dout, device):
