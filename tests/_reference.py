@@ -5,6 +5,7 @@ Nothing here imports vmoba's selection or attention code: the tests compare the 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -171,3 +172,40 @@ def dense_masked_attention(q, k, v, mask, scale=None):
 def block_mask_to_dense(token_mask, ids):
     """[B, H, S, nb] -> [B, H, S, S] (key j allowed when its block is selected)."""
     return token_mask[..., torch.as_tensor(ids)]
+
+
+def naive_criss_cross(q, k, v, grid, *, text_len=0, text_first=True, text_mask=None, recurrence=1, scale=None):
+    """One query at a time, float64: the key set of each position written out (its t-, h- and w-lines, itself
+    once, and every valid text token for a video query; every video and valid text token for a text query),
+    one softmax over it; ``recurrence`` loops, each attending over the previous loop's outputs."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, S, Hn, D = q.shape
+    T, H, W = grid
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    video0 = text_len if text_first else 0
+    text0 = 0 if text_first else S - text_len
+    coords = list(itertools.product(range(T), range(H), range(W)))
+
+    def keys(b, i):
+        valid_text = [text0 + j for j in range(text_len) if text_mask is None or bool(text_mask[b, j])]
+        if not video0 <= i < video0 + T * H * W:
+            return list(range(video0, video0 + T * H * W)) + valid_text
+        a = coords[i - video0]
+        on_lines = [video0 + j for j, c in enumerate(coords) if sum(x != y for x, y in zip(a, c)) <= 1]
+        return on_lines + valid_text
+
+    values = v
+    for _ in range(recurrence):
+        rows = []
+        for b in range(B):
+            heads = []
+            for n in range(Hn):
+                outs = []
+                for i in range(S):
+                    idx = torch.tensor(keys(b, i))
+                    p = torch.softmax(k[b, idx, n] @ q[b, i, n] * scale, 0)
+                    outs.append(p @ values[b, idx, n])
+                heads.append(torch.stack(outs))
+            rows.append(torch.stack(heads, 1))
+        values = torch.stack(rows)
+    return values

@@ -1,4 +1,6 @@
-"""Criss-cross attention (CCNet) modules on feature maps: 2D, 3D and recurrent.
+"""Criss-cross attention (CCNet): modules on feature maps (2D, 3D, recurrent) and the token form for
+transformers, `criss_cross_attention` (its video-query kernels, PyTorch and Triton, live in
+``vmoba/kernels/crisscross*.py``; docs/crisscross.md has the whole story).
 
 Each position attends to the positions on its own lines through the map (row and column in 2D; the t-, h-
 and w-lines in 3D), itself counted once, with one softmax over all of them and no scaling. Energies are
@@ -13,8 +15,19 @@ per line and masks the duplicates, so a 2D module evaluates ``H + W`` energies p
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 from torch import nn
+
+from .attention import _split_text, check_qkv, dense_attention
+from .checks import boolean, choice, integer, real
+from .config import BACKENDS, VMoBAConfig
+from .kernels._triton import triton_unavailable_reason
+from .kernels.crisscross import criss_cross_attention_torch
+from .kernels.crisscross_triton import criss_cross_attention_triton
+from .partition import validate_grid
 
 
 def _check_input(x: torch.Tensor, dims: int, in_channels: int, name: str) -> None:
@@ -151,59 +164,118 @@ def criss_cross_attention(
     text_len: int = 0,
     text_first: bool = True,
     text_mask: torch.Tensor | None = None,
+    recurrence: int = 1,
+    memory_budget_mb: int = VMoBAConfig.memory_budget_mb,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Token-level criss-cross attention for transformers: ``(B, S, H, D)`` in and out.
 
     Per head, each video query attends, with one softmax at ``scale`` (``1/sqrt(D)`` by default), to the video
     tokens on its t-, h- and w-lines (``T + H + W - 2`` of them, itself once) and to every text token; text
     queries attend densely. Video tokens come frame-major over ``grid = (T, H, W)``; ``text_len`` text tokens
-    sit first or last; ``text_mask`` ``[B, text_len]`` marks valid text keys. Memory is
-    ``S x (T + H + W + text_len)``, never ``S x S``.
+    sit first or last; ``text_mask`` ``[B, text_len]`` marks valid text keys (padded ones are attended by no
+    query; their own outputs are still computed over the valid keys).
+
+    ``recurrence = R`` applies the layer's attention R times (CCNet's loops): with ``A`` the layer's sparse
+    attention matrix (queries and keys unchanged), the output is ``A^R v``: loop ``r + 1`` attends with the same
+    probabilities over the outputs of loop ``r`` as its values. On a 2D grid (one of T, H, W equal to 1) two
+    loops connect every video token to every other; a 3D grid needs three (any two tokens differ in at most
+    three coordinates, and each loop changes one); with text tokens, two loops already connect everything
+    through them. Cost: R times one loop, still linear in tokens x line length.
+
+    Memory: the PyTorch path works on runs of whole frames of a few heads, sized so that the logits of one
+    run and their temporaries stay within ``memory_budget_mb`` (default: `VMoBAConfig`'s); peak memory is
+    then the inputs, the output and one budget. Nothing is ever ``S x S``.
+
+    ``backend``: ``"auto"`` (the fused Triton kernel on CUDA, the PyTorch path elsewhere and for float64),
+    ``"torch"`` or ``"triton"``, as `VMoBAConfig.backend`. The kernel recomputes its logits in the backward
+    pass from the saved log-sum-exp, so training memory does not grow with the line lengths either.
     """
-    import math
-
-    from .attention import _split_text, check_qkv, dense_attention
-    from .partition import validate_grid
-
     check_qkv(q, k, v)
     B, S, Hn, D = q.shape
     T, H, W = validate_grid(grid)
-    if isinstance(text_len, bool) or not isinstance(text_len, int) or not 0 <= text_len < S:
-        raise ValueError(f"text_len must be an integer in [0, seq_len={S}), got {text_len!r}")
+    text_len = integer("text_len", text_len, min=0, max=S - 1)
+    text_first = boolean("text_first", text_first)
+    recurrence = integer("recurrence", recurrence, min=1)
+    scale = 1.0 / math.sqrt(D) if scale is None else real("scale", scale, min=0.0, min_exclusive=True)
     if T * H * W != S - text_len:
-        raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    qt, qv = _split_text(q, text_len, text_first) if text_len else (None, q)
-    kt, kv = _split_text(k, text_len, text_first) if text_len else (None, k)
-    vt, vv = _split_text(v, text_len, text_first) if text_len else (None, v)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens "
+                         f"(seq_len {S} - text_len {text_len})")
+    memory_budget_mb = integer("memory_budget_mb", memory_budget_mb, min=1)
+    text_mask = _check_text_mask(text_mask, B, text_len, q.device)
+    if criss_cross_backend(backend, q) == "triton":
+        video = criss_cross_attention_triton
+    else:
+        video = functools.partial(criss_cross_attention_torch, memory_budget_mb=memory_budget_mb)
+    values = v
+    for _ in range(recurrence):
+        values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask, video,
+                                   memory_budget_mb)
+    return values
 
-    def lines(x):  # (B, S, Hn, D) -> (B, Hn, T, H, W, D)
-        return x.view(B, T, H, W, Hn, D).permute(0, 4, 1, 2, 3, 5).to(acc)
 
-    qg, kg, vg = lines(qv * scale), lines(kv), lines(vv)
-    e_t = _masked_self(torch.einsum("bnthwd,bnkhwd->bnthwk", qg, kg), T, 2)
-    e_h = _masked_self(torch.einsum("bnthwd,bntkwd->bnthwk", qg, kg), H, 3)
-    e_w = torch.einsum("bnthwd,bnthkd->bnthwk", qg, kg)
-    energies = [e_t, e_h, e_w]
-    if text_len:
-        ktn, vtn = kt.transpose(1, 2).to(acc), vt.transpose(1, 2).to(acc)  # (B, Hn, L, D)
-        e_text = torch.einsum("bnthwd,bnld->bnthwl", qg, ktn)
-        if text_mask is not None:
-            e_text = e_text.masked_fill(~text_mask.view(B, 1, 1, 1, 1, text_len), float("-inf"))
-        energies.append(e_text)
-    att = torch.softmax(torch.cat(energies, dim=-1), dim=-1)
-    a_t, a_h, a_w, *a_text = att.split([T, H, W] + ([text_len] if text_len else []), dim=-1)
-    out = (torch.einsum("bnthwk,bnkhwd->bnthwd", a_t, vg) + torch.einsum("bnthwk,bntkwd->bnthwd", a_h, vg)
-           + torch.einsum("bnthwk,bnthkd->bnthwd", a_w, vg))
-    if text_len:
-        out = out + torch.einsum("bnthwl,bnld->bnthwd", a_text[0], vtn)
-    out = out.permute(0, 2, 3, 4, 1, 5).reshape(B, S - text_len, Hn, D).to(q.dtype)
+def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tensor | None:
+    """The mask as given, or None when it masks nothing; errors name what is wrong."""
+    if text_mask is None:
+        return None
+    if not isinstance(text_mask, torch.Tensor):
+        raise TypeError(f"text_mask must be a bool torch.Tensor of shape ({batch}, text_len) or None, "
+                        f"got {type(text_mask).__name__}")
+    if text_len == 0:
+        raise ValueError("text_mask was given but text_len=0: there are no text tokens to mask (pass text_len, "
+                         "the number of text tokens in the sequence, or drop text_mask)")
+    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (batch, text_len):
+        raise ValueError(f"text_mask must be a bool tensor of shape ({batch}, {text_len}), got "
+                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
+    if text_mask.device != device:
+        raise ValueError(f"text_mask is on {text_mask.device} but q, k and v are on {device}")
+    if not bool(text_mask.any(-1).all()):
+        raise ValueError("text_mask leaves a batch element with no valid text token")
+    return None if bool(text_mask.all()) else text_mask
+
+
+def criss_cross_backend(backend, q: torch.Tensor) -> str:
+    """The path `criss_cross_attention(backend=backend)` takes for queries like ``q``: ``"torch"`` or
+    ``"triton"``, by the rule of `VMoBAConfig.backend` (``"auto"``: Triton on CUDA); the kernel has no
+    float64 version, so ``"auto"`` keeps float64 on the PyTorch path."""
+    choice("backend", backend, BACKENDS)
+    if backend == "torch" or (backend == "auto" and (q.device.type != "cuda" or q.dtype == torch.float64)):
+        return "torch"
+    reason = triton_unavailable_reason(q.device)
+    if reason is not None and backend == "triton":
+        raise RuntimeError(f"criss_cross_attention(backend='triton') cannot run here: {reason}")
+    if q.dtype == torch.float64 and backend == "triton":
+        raise ValueError("criss_cross_attention(backend='triton') runs float16, bfloat16 and float32, got float64; "
+                         "use backend='torch' or 'auto'")
+    return "torch" if reason is not None else "triton"
+
+
+def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask, video, memory_budget_mb):
+    """One loop of `criss_cross_attention` on validated arguments; ``video`` attends the video queries."""
     if not text_len:
-        return out
-    mask = None
-    if text_mask is not None:
-        mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device=q.device)
-        mask[:, 0, 0, slice(0, text_len) if text_first else slice(S - text_len, S)] = text_mask
-    out_t = dense_attention(qt, k, v, scale, mask)
-    return torch.cat([out_t, out] if text_first else [out, out_t], dim=1)
+        return video(q, k, v, grid, scale)[0]
+    qt, qv = _split_text(q, text_len, text_first)
+    kt, kv = _split_text(k, text_len, text_first)
+    vt, vv = _split_text(v, text_len, text_first)
+    out_v, _ = video(qv, kv, vv, grid, scale, kt, vt, text_mask)
+    out_t = _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb)
+    return torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)
+
+
+def _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb) -> torch.Tensor:
+    """Text queries attend densely over every video key and every valid text key. SDPA without a mask runs
+    PyTorch's fused (flash) kernel, whose working memory does not grow with the sequence, but copies its
+    inputs head-major: so it runs on as many heads at a time as the budget holds, and a masked batch one
+    element at a time over its valid keys rather than through a mask."""
+    B, S, Hn, D = k.shape
+    heads = max(1, (memory_budget_mb << 20) // (3 * S * D * max(4, k.element_size())))
+    outs = []
+    for b in range(B):
+        keep = slice(None)
+        if text_mask is not None:
+            keep = torch.ones(S, dtype=torch.bool, device=k.device)
+            keep[slice(0, text_len) if text_first else slice(S - text_len, S)] = text_mask[b]
+        kb, vb = k[b : b + 1, keep], v[b : b + 1, keep]
+        outs.append(torch.cat([dense_attention(qt[b : b + 1, :, n : n + heads], kb[:, :, n : n + heads],
+                                               vb[:, :, n : n + heads], scale) for n in range(0, Hn, heads)], 2))
+    return torch.cat(outs)

@@ -1,14 +1,20 @@
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import vmoba
+from _reference import naive_criss_cross
 from vmoba.crisscross import (
     CrissCrossAttention,
     CrissCrossAttention3D,
     RecurrentCrissCrossAttention,
+    criss_cross_attention,
     crisscross_flops,
     non_local_flops,
 )
@@ -192,13 +198,122 @@ def test_token_criss_cross_matches_dense_masked_attention(grid, text_len, text_f
 
 
 def test_token_criss_cross_errors():
-    from vmoba import criss_cross_attention
-
     q = torch.randn(1, 24, 2, 4)
     with pytest.raises(ValueError, match="grid"):
         criss_cross_attention(q, q, q, (2, 3, 5))
     with pytest.raises(ValueError, match="text_len"):
         criss_cross_attention(q, q, q, (2, 3, 4), text_len=30)
+    # a mask over text tokens that do not exist used to be accepted and ignored
+    with pytest.raises(ValueError, match="text_mask was given but text_len=0"):
+        criss_cross_attention(q, q, q, (2, 3, 4), text_mask=torch.ones(1, 3, dtype=torch.bool))
+    grid = (2, 3, 3)  # 18 video tokens + 6 text tokens
+    bad = [
+        (dict(recurrence=0), ValueError, "recurrence"),
+        (dict(recurrence=True), TypeError, "recurrence"),
+        (dict(recurrence=1.5), TypeError, "recurrence"),
+        (dict(text_len=6, text_first="yes"), TypeError, "text_first"),
+        (dict(text_len=6, scale=float("nan")), ValueError, "scale"),
+        (dict(text_len=6, scale=0.0), ValueError, "scale"),
+        (dict(text_len=6, scale="1"), TypeError, "scale"),
+        (dict(text_len=6, text_mask=torch.ones(1, 5, dtype=torch.bool)), ValueError, r"text_mask .*\(1, 6\)"),
+        (dict(text_len=6, text_mask=torch.ones(1, 6)), ValueError, "bool"),
+        (dict(text_len=6, text_mask=[True] * 6), TypeError, "text_mask"),
+        (dict(text_len=6, text_mask=torch.zeros(1, 6, dtype=torch.bool)), ValueError, "no valid text token"),
+        (dict(text_len=-1), ValueError, "text_len"),
+        (dict(text_len=6.0), TypeError, "text_len"),
+    ]
+    for kwargs, error, message in bad:
+        with pytest.raises(error, match=message):
+            criss_cross_attention(q, q, q, grid, **kwargs)
+    # numbers of every numeric type are accepted
+    out = criss_cross_attention(q, q, q, grid, text_len=np.int64(6), recurrence=np.int32(2), scale=np.float32(0.5))
+    torch.testing.assert_close(out, criss_cross_attention(q, q, q, grid, text_len=6, recurrence=2, scale=0.5))
+
+
+# -- the token form against a naive per-position loop in float64 ------------------------------------------
+
+TOKEN_CASES = [  # grid, text_len, text_first, masked
+    ((3, 4, 5), 0, True, False),
+    ((1, 4, 5), 0, True, False),
+    ((3, 1, 4), 3, True, False),
+    ((2, 3, 4), 4, False, False),
+    ((2, 3, 3), 4, True, True),
+    ((1, 3, 4), 5, False, True),
+]
+
+
+@pytest.mark.parametrize("recurrence", [1, 2])
+@pytest.mark.parametrize("grid, text_len, text_first, masked", TOKEN_CASES)
+def test_token_form_matches_per_position_loop(grid, text_len, text_first, masked, recurrence):
+    g = torch.Generator().manual_seed(hash((grid, text_len, text_first, masked)) % 1000)
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(2, S, 2, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.rand(2, text_len, generator=g) < 0.6
+        mask[:, 0] = True
+        mask[1, -1] = False
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence)
+    want = naive_criss_cross(q, k, v, grid, **kwargs)
+    torch.testing.assert_close(criss_cross_attention(q, k, v, grid, **kwargs), want, rtol=1e-10, atol=1e-10)
+    # float32 inputs: float32 accumulation, close to the float64 loop
+    got32 = criss_cross_attention(q.float(), k.float(), v.float(), grid, **kwargs)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrence", [1, 2])
+@pytest.mark.parametrize("grid, text_len, text_first, masked", [TOKEN_CASES[0], TOKEN_CASES[3], TOKEN_CASES[5]])
+def test_token_form_gradients_match_per_position_loop(grid, text_len, text_first, masked, recurrence):
+    g = torch.Generator().manual_seed(7)
+    S = math.prod(grid) + text_len
+    inputs = [torch.randn(1, S, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    mask = None
+    if masked:
+        mask = torch.ones(1, text_len, dtype=torch.bool)
+        mask[0, 1] = False
+    upstream = torch.randn(1, S, 2, 4, generator=g, dtype=torch.float64)
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence, scale=0.7)
+    got = torch.autograd.grad((criss_cross_attention(*inputs, grid, **kwargs) * upstream).sum(), inputs)
+    want = torch.autograd.grad((naive_criss_cross(*inputs, grid, **kwargs) * upstream).sum(), inputs)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"d{name}")
+
+
+def _reach(grid, recurrence, text_len=0):
+    """[Sv, Sv] bool: video output i depends on some input (q, k or v) of video token j (full Jacobian)."""
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(1, S, 1, 2, dtype=torch.float64) for _ in range(3))
+
+    def f(q, k, v):
+        return criss_cross_attention(q, k, v, grid, text_len=text_len, recurrence=recurrence)
+
+    jac = torch.autograd.functional.jacobian(f, (q, k, v))  # each [1, S, 1, 2, 1, S, 1, 2]
+    dep = sum(j.abs().sum((0, 2, 3, 4, 6, 7)) for j in jac) > 0  # [S_out, S_in]
+    return dep[text_len:, text_len:]
+
+
+def _differ_at_most(grid, n):
+    coords = torch.tensor(list(itertools.product(*(range(g) for g in grid))))
+    return (coords[:, None] != coords[None]).sum(-1) <= n
+
+
+def test_recurrence_two_connects_every_video_pair_on_a_2d_grid():
+    for grid in ((1, 4, 5), (4, 1, 3), (3, 4, 1)):
+        one = _reach(grid, 1)
+        assert torch.equal(one, _differ_at_most(grid, 1)) and not one.all()  # one loop: exactly the lines
+        assert _reach(grid, 2).all()
+
+
+def test_recurrence_on_a_3d_grid_and_through_text():
+    grid = (2, 3, 4)
+    assert torch.equal(_reach(grid, 1), _differ_at_most(grid, 1))
+    two = _reach(grid, 2)
+    assert torch.equal(two, _differ_at_most(grid, 2)) and not two.all()  # each loop changes one coordinate
+    assert _reach(grid, 3).all()
+    # text tokens attend densely, so a second loop reaches every video token through them
+    assert not _reach(grid, 1, text_len=2).all()
+    assert _reach(grid, 2, text_len=2).all()
 
 
 def test_criss_cross_processor_in_a_wan_transformer():
@@ -223,3 +338,55 @@ def test_criss_cross_processor_in_a_wan_transformer():
     vmoba.disable(model)
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs)[0], reference)
+
+
+def test_token_form_memory_stays_within_the_budget():
+    # 2048 video tokens, 4 heads: every logit of a head at once would be 4 x 2048 x 40 float64 values (2.5 MiB);
+    # with a 1 MiB budget the logits come in runs of a few frames of one head
+    grid, L = (8, 16, 16), 8
+    S = math.prod(grid) + L
+    q, k, v = (torch.randn(1, S, 4, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(1, L, dtype=torch.bool)
+    mask[0, 3] = False
+    kwargs = dict(text_len=L, text_mask=mask, recurrence=2)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        small = criss_cross_attention(q, k, v, grid, memory_budget_mb=1, **kwargs)
+    assert max(saved) <= 1 << 20
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        whole = criss_cross_attention(q, k, v, grid, memory_budget_mb=1024, **kwargs)
+    assert max(saved) >= 4 * 2048 * 40 * 8  # one run: every logit of every head
+    torch.testing.assert_close(small, whole, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the path without autograd writes runs into the output in place
+        torch.testing.assert_close(criss_cross_attention(q, k, v, grid, memory_budget_mb=1, **kwargs), whole)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        criss_cross_attention(q, k, v, grid, memory_budget_mb=0, **kwargs)
+
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid=st.tuples(*(st.integers(1, 3),) * 3), text_len=st.integers(0, 3), text_first=st.booleans(),
+       masked=st.booleans(), recurrence=st.integers(1, 2), heads=st.integers(1, 2), dim=st.integers(1, 5),
+       dtype=st.sampled_from(list(TOLERANCE)), budget=st.sampled_from([1, 256]), seed=st.integers(0, 2**16))
+def test_token_form_property(grid, text_len, text_first, masked, recurrence, heads, dim, dtype, budget, seed):
+    """Any grid, text layout, mask, dtype and budget: finite and equal to the float64 per-position loop."""
+    g = torch.Generator().manual_seed(seed)
+    S = math.prod(grid) + text_len
+    q, k, v = (torch.randn(2, S, heads, dim, generator=g).to(dtype) for _ in range(3))
+    mask = None
+    if masked and text_len:
+        mask = torch.rand(2, text_len, generator=g) < 0.5
+        mask[:, seed % text_len] = True
+    kwargs = dict(text_len=text_len, text_first=text_first, text_mask=mask, recurrence=recurrence)
+    out = criss_cross_attention(q, k, v, grid, memory_budget_mb=budget, **kwargs)
+    assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out).all()
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double(), naive_criss_cross(q, k, v, grid, **kwargs), rtol=tol, atol=tol)
