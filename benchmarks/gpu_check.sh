@@ -5,6 +5,8 @@
 #   environment.json     commit, GPU, driver, CUDA, torch and triton versions
 #   gpu_tests.xml/.log   the kernel tests compiled for the GPU (tests/kernels) and every test marked `gpu`
 #   attention_gpu.json   dense baselines (cuDNN, flash) against VMoBA and FlexAttention (benchmarks/attention_gpu.py)
+#   crisscross_gpu.json  the criss-cross Triton kernel against its PyTorch path and dense SDPA
+#   parallel_gpu.json    VMoBA under context parallelism on every GPU of the machine (one GPU: single-GPU mode)
 #   training_gpu.json    training throughput (benchmarks/training_cpu.py --device cuda; needs diffusers)
 #   summary.json         exit status and duration of each step, the test counts, the files written
 # Commit the JSON under benchmarks/results/ (named after the GPU). Needs torch and triton; a step that fails
@@ -58,6 +60,8 @@ PY
 step gpu_tests timeout 900 python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" \
     tests/kernels $(grep -rlE "mark\.gpu|pytest\.mark\.gpu" tests --include='test_*.py' | grep -v '^tests/kernels/' | sort -u)
 step attention_gpu python3 benchmarks/attention_gpu.py --out "$OUT" "$@"
+step crisscross_gpu timeout 300 python3 benchmarks/crisscross_gpu.py --out "$OUT"
+step parallel_gpu timeout 300 python3 benchmarks/parallel_gpu.py --out "$OUT"
 if python3 -c "import diffusers" 2>/dev/null; then
     step training_gpu timeout 600 python3 benchmarks/training_cpu.py --device cuda --out "$OUT"
 fi
