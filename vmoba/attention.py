@@ -180,6 +180,7 @@ def attention_with_selection(
     B, S, H, D = q.shape
     grid = validate_grid(grid)
     text_len = checks.integer("text_len", text_len, min=0, max=S - 1)
+    text_first = checks.boolean("text_first", text_first)
     n_video = S - text_len
     if math.prod(grid) != n_video:
         raise ValueError(
@@ -281,6 +282,9 @@ def select_blocks(
     tokens ``q, k`` of shape ``(B, S, H, D)`` in frame-major order. In ``tile`` granularity every query
     carries its tile's list."""
     config = as_config(config)
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(
             f"q and k must both have shape (batch, seq_len, heads, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -35,9 +36,9 @@ def validate_grid(grid: Sequence[int]) -> tuple[int, int, int]:
         items = tuple(grid)
     except TypeError:
         raise ValueError(f"grid must be a (frames, height, width) tuple of positive integers, got {grid!r}") from None
-    if len(items) != 3 or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in items):
+    if len(items) != 3 or any(isinstance(g, bool) or not isinstance(g, numbers.Integral) or g < 1 for g in items):
         raise ValueError(f"grid must be a (frames, height, width) tuple of positive integers, got {grid!r}")
-    return items  # type: ignore[return-value]
+    return tuple(int(g) for g in items)  # type: ignore[return-value]  (numpy integers become ints)
 
 
 def _validate_chunk(scheme: str, chunk: int | Sequence[int]) -> tuple[int, ...]:
