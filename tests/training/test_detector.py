@@ -117,14 +117,15 @@ def test_rendered_clips_of_every_color_shape_and_direction_are_read_right_throug
                     spec, frames = _spec_clip(spec)
                     found = detect_clip(_through_h264(tmp_path, frames, f"{index}.mp4"))
                     rows.append((spec, found))
-    right = sum((f.color, f.shape, f.direction) == (s.color, s.shape, s.direction) for s, f in rows)
-    assert right >= 0.98 * len(rows), [(s.color, s.shape, s.direction, f.color, f.shape, f.direction)
-                                       for s, f in rows if (f.color, f.shape, f.direction) != (s.color, s.shape, s.direction)]
+    wrong = [(s.color, s.shape, s.direction, f.color, f.shape, f.direction) for s, f in rows
+             if (f.color, f.shape, f.direction) != (s.color, s.shape, s.direction)]
+    assert len(wrong) <= 0.02 * len(rows), wrong
     # every frame: the spec's colour, and the area of the ideal shape (H.264 blurs the edge a little)
     for spec, found in rows:
         assert found.colors == [spec.color] * 17, (spec, found.colors)
         assert np.allclose(found.areas, _ideal_area(spec), rtol=0.06), (spec, found.areas, _ideal_area(spec))
-        assert abs(found.velocity[0 if spec.direction in ("left", "right") else 1]) == pytest.approx(spec.speed, rel=0.05)
+        along = 0 if spec.direction in ("left", "right") else 1
+        assert abs(found.velocity[along]) == pytest.approx(spec.speed, rel=0.05)
 
 
 def test_per_frame_colour_and_area_follow_a_change_in_the_middle_of_a_clip(tmp_path):

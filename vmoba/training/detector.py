@@ -39,9 +39,9 @@ that region grown by two pixels (its soft edge).
   shape cut by the frame's border, is ``None``: it is none of the three.
 
 **The clip** (``Detection``): ``shape`` is the label of more than half of the frames where a shape is seen
-(``None`` when no label has that majority; ``shape_share`` is the winner's share), ``color`` the most common
-``color`` likewise of the per-frame colours, ``direction`` the dominant axis and sign of the centroid's least-squares velocity (``None``
-under 0.1 pixel per frame).
+(``None`` when no label has that majority; ``shape_share`` is the winner's share), ``color`` likewise of the
+per-frame colours, ``direction`` the dominant axis and sign of the centroid's least-squares velocity (``None``
+under 0.1 pixel per frame). ``colors``, ``areas`` and ``shapes`` list the frames' own readings.
 """
 
 from __future__ import annotations
