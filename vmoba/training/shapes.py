@@ -257,68 +257,14 @@ class _Manifest:
 # -- the detector ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Detection:
-    """What the detector read from a clip; ``None`` fields could not be measured."""
+def __getattr__(name: str):
+    # The detector lives in .detector, which reads this module's palette; importing it lazily keeps
+    # `from vmoba.training.shapes import detect_clip` working without an import cycle.
+    if name in ("detect_clip", "Detection"):
+        from . import detector
 
-    color: str | None
-    direction: str | None
-    shape: str | None
-    foreground_frames: int  # frames with a visible foreground
-    velocity: tuple[float, float] | None  # centroid motion (x, y), pixels per frame
-
-
-def _hue(rgb: np.ndarray) -> np.ndarray:
-    """Hue in degrees of float RGB rows ``[..., 3]``."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return np.degrees(np.arctan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360
-
-
-_PALETTE_HUES = {name: float(_hue(np.asarray(rgb, dtype=np.float64))) for name, rgb in COLORS.items()}
-
-
-def _nearest_color(hue: float) -> str:
-    return min(_PALETTE_HUES, key=lambda name: min(abs(hue - _PALETTE_HUES[name]), 360 - abs(hue - _PALETTE_HUES[name])))
-
-
-def detect_clip(frames, *, min_pixels: int = 6) -> Detection:
-    """Read color, direction and shape of the moving shape in ``frames`` ((F, H, W, 3) uint8 or [0, 1])."""
-    from ..video import to_uint8
-
-    video = to_uint8(frames).astype(np.float64)
-    chroma = video.max(-1) - video.min(-1)
-    mask = chroma > MIN_CHROMA
-    counts = mask.sum(axis=(1, 2))
-    present = counts >= min_pixels
-    if present.sum() < max(2, len(video) // 2):
-        return Detection(None, None, None, int(present.sum()), None)
-    pixels = video[mask]
-    weights = chroma[mask]
-    mean_rgb = (pixels * weights[:, None]).sum(0) / weights.sum()
-    color = _nearest_color(float(_hue(mean_rgb)))
-
-    F, H, W = mask.shape
-    ys, xs = np.mgrid[0:H, 0:W]
-    t = np.nonzero(present)[0]
-    cx = np.array([(xs * mask[i]).sum() / counts[i] for i in t])
-    cy = np.array([(ys * mask[i]).sum() / counts[i] for i in t])
-    vx, vy = np.polyfit(t, cx, 1)[0], np.polyfit(t, cy, 1)[0]
-    direction = None
-    if max(abs(vx), abs(vy)) >= 0.1:
-        direction = ("right" if vx > 0 else "left") if abs(vx) >= abs(vy) else ("down" if vy > 0 else "up")
-
-    middle = t[len(t) // 2]
-    rows, cols = np.nonzero(mask[middle])
-    top, bottom = rows.min(), rows.max()
-    box = (bottom - top + 1) * (cols.max() - cols.min() + 1)
-    upper = (rows < (top + bottom) / 2).sum()
-    lower = (rows > (top + bottom) / 2).sum()
-    # an upward triangle has a third of its area in its upper half; circles and squares have half
-    if upper < 0.6 * lower:
-        shape = "triangle"
-    else:
-        shape = "square" if len(rows) / box > 0.88 else "circle"
-    return Detection(color, direction, shape, int(present.sum()), (float(vx), float(vy)))
+        return getattr(detector, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prompt_grid(colors=None, shapes=None, directions=None) -> list[dict[str, str]]:
