@@ -4,10 +4,8 @@ Each clip shows one shape (circle, square or triangle) in one saturated color (r
 moving left, right, up or down at constant speed over a plain dark or light grey background; its caption says
 so in plain words ("a red circle moves right"). Every caption word is in the default model's vocabulary.
 
-The detector is the measuring stick for generated clips (``benchmarks/default_model_check.py``): foreground =
-strongly coloured pixels (the backgrounds are grey), color = nearest palette hue of their mean, direction = sign
-of the dominant axis of the foreground centroid's motion, shape = triangle when the upper half of its bounding
-box holds much less of it than the lower half, else square or circle by how much of the box it fills.
+The detector that reads clips back (colour and area in every frame, shape, direction) is
+``vmoba.training.detector``; ``detect_clip`` stays importable from here.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BACKGROUNDS = ("dark", "light")
 VERBS = ("moves", "moves", "moves", "goes", "slides")
 SUPERSAMPLE = 4  # sub-pixels per pixel side: smooth edges, which H.264 keeps better than hard ones
-MIN_CHROMA = 80  # max - min channel (0-255) above which a pixel counts as foreground; greys stay far below
 
 
 @dataclass(frozen=True)
