@@ -84,14 +84,14 @@ class VMoBAKnobs:
                                               allow_custom_value=True, label="layer schedule",
                                               info="scheme of layer i is entry i mod length")
         with gr.Row():
-            self.topk = [gr.Number(value=k, precision=0, minimum=1, label=f"top-k {s}")
+            self.topk = [gr.Number(value=k, precision=0, label=f"top-k {s}")
                          for k, s in zip(base.topk, ("1d", "2d", "3d"))]
         with gr.Row():
-            self.temporal_chunk = gr.Number(value=base.temporal_chunk, precision=0, minimum=1,
+            self.temporal_chunk = gr.Number(value=base.temporal_chunk, precision=0,
                                             label="1d chunk (latent frames)")
-            self.spatial_chunk = [gr.Number(value=v, precision=0, minimum=1, label=f"2d chunk {a}")
+            self.spatial_chunk = [gr.Number(value=v, precision=0, label=f"2d chunk {a}")
                                   for v, a in zip(base.spatial_chunk, ("h", "w"))]
-            self.st_chunk = [gr.Number(value=v, precision=0, minimum=1, label=f"3d chunk {a}")
+            self.st_chunk = [gr.Number(value=v, precision=0, label=f"3d chunk {a}")
                              for v, a in zip(base.st_chunk, ("t", "h", "w"))]
 
     @property

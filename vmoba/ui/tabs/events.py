@@ -64,7 +64,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
             with gr.Row():
                 threshold = gr.Slider(0.05, 1.0, value=0.2, step=0.05, label="contrast threshold (clips)")
                 steps = gr.Slider(1, limits.event_max_steps, value=25, step=1, label="DDIM steps")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+                seed = gr.Number(value=0, precision=0, label="seed")
             run = gr.Button("Reconstruct", variant="primary", elem_id="ev-run")
             gr.Examples([[SOURCES[0], example_video, None], [SOURCES[1], None, example_events]],
                         inputs=[source, video, events_file], label="examples (click one, then Reconstruct)")

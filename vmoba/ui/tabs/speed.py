@@ -27,9 +27,9 @@ def build(limits: Limits) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                t = gr.Number(value=16, precision=0, minimum=1, label="latent frames T")
-                h = gr.Number(value=32, precision=0, minimum=1, label="height H (tokens)")
-                w = gr.Number(value=32, precision=0, minimum=1, label="width W (tokens)")
+                t = gr.Number(value=16, precision=0, label="latent frames T")
+                h = gr.Number(value=32, precision=0, label="height H (tokens)")
+                w = gr.Number(value=32, precision=0, label="width W (tokens)")
             with gr.Row():
                 heads = gr.Slider(1, limits.speed_max_heads, value=2, step=1, label="heads")
                 head_dim = gr.Slider(16, limits.speed_max_head_dim, value=64, step=16, label="head dim")

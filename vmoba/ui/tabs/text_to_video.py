@@ -56,7 +56,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
                 width = gr.Slider(limits.min_side, limits.max_side, value=64, step=16, label="width")
             with gr.Row():
                 guidance = gr.Slider(0, limits.max_guidance, value=5.0, step=0.5, label="guidance scale")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+                seed = gr.Number(value=0, precision=0, label="seed")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                 run_compare = gr.Button("Compare with dense", elem_id="t2v-compare")
@@ -109,10 +109,11 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
         layers = sorted({r.layer for r in result.records}) or [0]
         steps_ = sorted({r.step for r in result.records if r.step is not None}) or [0]
         heads = result.records[0].mask.shape[1] if result.records and result.records[0].mask is not None else 0
-        return (gr.Slider(0, F - 1, value=F // 2, step=1, label="video frame"),
+        # a slider needs minimum < maximum: one frame, layer or step still gets a range of two
+        return (gr.Slider(0, max(F - 1, 1), value=F // 2, step=1, label="video frame"),
                 _picker(result.frames, F // 2),
-                gr.Slider(0, layers[-1], value=min(2, layers[-1]), step=1, label="layer"),
-                gr.Slider(0, steps_[-1], value=steps_[-1] // 2, step=1, label="denoising step"),
+                gr.Slider(0, max(layers[-1], 1), value=min(2, layers[-1]), step=1, label="layer"),
+                gr.Slider(0, max(steps_[-1], 1), value=steps_[-1] // 2, step=1, label="denoising step"),
                 gr.Dropdown([HEADS_ALL, *[f"head {h}" for h in range(heads)]], value=HEADS_ALL, label="head"),
                 result.frames.shape[2] / 2, result.frames.shape[1] / 2)
 
