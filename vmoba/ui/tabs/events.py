@@ -59,15 +59,17 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
             events_file = gr.File(label="event file (" + ", ".join(EVENT_SUFFIXES) + ")", file_types=list(EVENT_SUFFIXES),
                                   elem_id="ev-file-in")
             with gr.Row():
-                frames = gr.Slider(2, limits.event_max_frames, value=8, step=1, label="frames to reconstruct")
+                frames = gr.Slider(2, limits.event_max_frames, value=8, step=1, label="frames to reconstruct",
+                                   elem_id="ev-frames")
                 size = gr.Slider(32, limits.event_max_side, value=64, step=16, label="size (clips)")
             with gr.Row():
                 threshold = gr.Slider(0.05, 1.0, value=0.2, step=0.05, label="contrast threshold (clips)")
-                steps = gr.Slider(1, limits.event_max_steps, value=25, step=1, label="DDIM steps")
+                steps = gr.Slider(1, limits.event_max_steps, value=25, step=1, label="DDIM steps", elem_id="ev-steps")
                 seed = gr.Number(value=0, precision=0, label="seed")
             run = gr.Button("Reconstruct", variant="primary", elem_id="ev-run")
             gr.Examples([[SOURCES[0], example_video, None], [SOURCES[1], None, example_events]],
-                        inputs=[source, video, events_file], label="examples (click one, then Reconstruct)")
+                        inputs=[source, video, events_file], label="examples (click one, then Reconstruct)",
+                        example_labels=["held-out photograph, moving camera (clip)", "the same scene as an event file"])
         with gr.Column(scale=3):
             strip = gr.Image(label="events per frame interval (red ON, blue OFF)", interactive=False,
                              elem_id="ev-events", format="png")

@@ -36,7 +36,7 @@ def build(limits: Limits) -> None:
             with gr.Accordion("VMoBA settings", open=True):
                 knobs = VMoBAKnobs(base)
             run = gr.Button("Time one layer", variant="primary", elem_id="sp-run")
-            gr.Examples([[4, 8, 8], [8, 30, 34], [16, 32, 32]], inputs=[t, h, w],
+            gr.Examples([[5, 8, 8], [8, 30, 34], [16, 32, 32]], inputs=[t, h, w],
                         example_labels=["320 tokens (the default model)", "8,160 tokens", "16,384 tokens"],
                         label="grids")
         with gr.Column(scale=3):

@@ -40,7 +40,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
     gr.Markdown(NOTE)
     with gr.Row():
         with gr.Column(scale=5):
-            prompt = gr.Textbox(value="a red circle moves right", label="prompt", max_lines=2,
+            prompt = gr.Textbox(value="a red circle moves right", label="prompt", max_lines=2, elem_id="t2v-prompt",
                                 max_length=limits.max_prompt_chars)
             with gr.Row():
                 model = gr.Dropdown(registry.names(), value=DEFAULT_MODEL, label="model",
@@ -50,7 +50,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
                 knobs = VMoBAKnobs(base)
             with gr.Row():
                 frames = gr.Slider(1, limits.max_frames, value=17, step=4, label="frames (4k+1)")
-                steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="denoising steps")
+                steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="denoising steps", elem_id="t2v-steps")
             with gr.Row():
                 height = gr.Slider(limits.min_side, limits.max_side, value=64, step=16, label="height")
                 width = gr.Slider(limits.min_side, limits.max_side, value=64, step=16, label="width")
@@ -64,7 +64,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
             video = gr.Video(label="generated clip (H.264)", autoplay=True, loop=True, elem_id="t2v-video",
                              interactive=False)
             summary = gr.Markdown(elem_id="t2v-summary")
-            chart = gr.LinePlot(pd.DataFrame({"step": [], "density": [], "layer": []}), x="step", y="density",
+            chart = gr.LinePlot(None, x="step", y="density",
                                 color="layer", y_lim=[0, 1], title="attended density per layer and step",
                                 x_title="denoising step", y_title="density", height=260, elem_id="t2v-chart")
     gr.Examples(EXAMPLES, inputs=[prompt, attention, frames, steps, seed], label="examples (click one, then Generate)")
