@@ -40,8 +40,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, timeout: float = 120.0) -> tuple[subprocess.Popen, float]:
-    """``python -m vmoba.ui`` on ``port`` (through GRADIO_SERVER_PORT); seconds until the page is served."""
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(port: int, timeout: float = 120.0) -> tuple[subprocess.Popen, float, float | None]:
+    """``python -m vmoba.ui`` on ``port`` (through GRADIO_SERVER_PORT): seconds until the page is served, and the
+    CPU seconds the server used until then (on a busy machine the first depends on the neighbours, the second
+    much less)."""
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "vmoba.ui"], env=env, stdout=subprocess.DEVNULL,
@@ -53,7 +64,7 @@ def start_server(port: int, timeout: float = 120.0) -> tuple[subprocess.Popen, f
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200 and b"vmoba" in response.read():
-                    return server, time.perf_counter() - start
+                    return server, time.perf_counter() - start, cpu_seconds(server.pid)
         except OSError:
             time.sleep(0.2)
     server.kill()
@@ -130,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     from vmoba.checks import atomic_output
 
     torch.set_num_threads(1)
-    server, startup = None, None
+    server, startup, startup_cpu = None, None, None
     url = args.url
     load_before = os.getloadavg()
     if url is None:
         port = free_port()
-        server, startup = start_server(port)
+        server, startup, startup_cpu = start_server(port)
         url = f"http://127.0.0.1:{port}/"
     try:
         references = reference_clips(list(range(100, 100 + args.clients)))
@@ -145,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             server.terminate()
             server.wait(30)
     result.update(startup_seconds=None if startup is None else round(startup, 2),
+                  startup_cpu_seconds=None if startup_cpu is None else round(startup_cpu, 2),
                   load_average_before=[round(x, 2) for x in load_before],
                   load_average_after=[round(x, 2) for x in os.getloadavg()],
                   machine=dict(cpus=os.cpu_count(), python=platform.python_version(), platform=platform.platform()),

@@ -55,10 +55,11 @@ def _image_src(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} img").get_attribute("src") or ""
 
 
-def text_to_video(page, shots: Path, name: str) -> dict:
+def text_to_video(page, shots: Path, name: str, steps: int | None) -> dict:
     page.get_by_role("tab", name="Text to video").click()
     page.locator("#t2v-prompt textarea").fill("a red circle moves right")
-    _set_slider(page, "t2v-steps", 6)
+    if steps is not None:
+        _set_slider(page, "t2v-steps", steps)
     page.locator("#t2v-generate").click()
     _wait(page, VIDEO_PLAYS, "#t2v-video", "the generated clip playing")
     _wait(page, IMAGE_LOADED, "#view-picker", "the frame to click on")
@@ -84,11 +85,12 @@ def text_to_video(page, shots: Path, name: str) -> dict:
     return {"caption": caption}
 
 
-def events_to_video(page, shots: Path, name: str) -> dict:
+def events_to_video(page, shots: Path, name: str, steps: int | None) -> dict:
     page.get_by_role("tab", name="Events to video").click()
     page.get_by_text("held-out photograph, moving camera (clip)").click()
     _set_slider(page, "ev-frames", 4)
-    _set_slider(page, "ev-steps", 10)
+    if steps is not None:
+        _set_slider(page, "ev-steps", steps)
     page.locator("#ev-run").click()
     _wait(page, VIDEO_PLAYS, "#ev-video", "the reconstruction playing")
     _wait(page, IMAGE_LOADED, "#ev-events", "the event images")
@@ -97,7 +99,7 @@ def events_to_video(page, shots: Path, name: str) -> dict:
     return {"summary": page.locator("#ev-summary").inner_text()}
 
 
-def motion_energy(page, shots: Path, name: str) -> dict:
+def motion_energy(page, shots: Path, name: str, steps: int | None) -> dict:
     page.get_by_role("tab", name="Motion energy").click()
     page.get_by_text("photo moving right and up, 2.2 px/frame").click()
     page.locator("#me-run").click()
@@ -118,8 +120,10 @@ def attention_speed(page, shots: Path, name: str, label: str = "8,160 tokens") -
     return {"summary": page.locator("#sp-summary").inner_text()}
 
 
-def tour(url: str, shots: Path, *, prefix: str = "demo_", speed_grid: str = "8,160 tokens") -> dict:
-    """Run every tab of the demo at ``url`` in headless Chromium; screenshots ``shots/{prefix}{tab}.png``."""
+def tour(url: str, shots: Path, *, prefix: str = "demo_", speed_grid: str = "8,160 tokens",
+         steps: int | None = None) -> dict:
+    """Run every tab of the demo at ``url`` in headless Chromium; screenshots ``shots/{prefix}{tab}.png``.
+    ``steps``: denoising steps of the text and event tabs (None keeps the page's defaults, 20 and 25)."""
     from playwright.sync_api import sync_playwright
 
     shots.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,7 @@ def tour(url: str, shots: Path, *, prefix: str = "demo_", speed_grid: str = "8,1
             for tab, fn in (("text_to_video", text_to_video), ("events", events_to_video),
                             ("motion", motion_energy)):
                 start = time.perf_counter()
-                results[tab] = fn(page, shots, f"{prefix}{tab}.png")
+                results[tab] = fn(page, shots, f"{prefix}{tab}.png", steps)
                 results[tab]["seconds"] = round(time.perf_counter() - start, 1)
             start = time.perf_counter()
             results["speed"] = attention_speed(page, shots, f"{prefix}speed.png", speed_grid)

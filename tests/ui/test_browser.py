@@ -26,7 +26,8 @@ def _tour_module():
 def test_every_tab_in_headless_chromium(demo_server):
     if shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
-    results = _tour_module().tour(demo_server[0], ARTIFACTS, prefix="browser_", speed_grid="320 tokens (the default model)")
+    results = _tour_module().tour(demo_server[0], ARTIFACTS, prefix="browser_",
+                                       speed_grid="320 tokens (the default model)", steps=6)
     assert "w=6" in results["text_to_video"]["caption"]  # the clicked point, 0.8 of the width, is token column 6
     assert "SSIM" in results["events"]["summary"]
     assert "px/frame" in results["motion"]["summary"]

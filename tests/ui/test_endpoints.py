@@ -74,7 +74,7 @@ def test_attention_view_follows_the_click(client):
     from PIL import Image
 
     a, b = np.asarray(Image.open(image_a)), np.asarray(Image.open(image_b))
-    assert a.shape == b.shape == (8 * 16 + 14, 2 * 8 * 16 + 4, 3)  # two latent frames of 8x8 tokens side by side
+    assert a.shape == b.shape == (30 + 8 * 16 + 14, 2 * 8 * 16 + 4, 3)  # two latent frames of 8x8 tokens, under the label
     assert not np.array_equal(a, b)
     picker = client.predict(4, api_name="/frame")
     assert np.asarray(Image.open(picker)).shape[:2] == (256, 256)

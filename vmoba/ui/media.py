@@ -137,3 +137,9 @@ def save_video(folder: OutputFolder, frames, fps: int = 8, *, scale: int = 1) ->
     with atomic_output(path) as tmp:
         write_video(tmp, frames, fps=fps, overwrite=True)
     return str(path)
+
+
+def under_label(image: np.ndarray, margin: int = 30) -> np.ndarray:
+    """``image`` with a white band on top: Gradio draws an image's label over its top-left corner."""
+    band = np.full((margin, *image.shape[1:]), 255, np.uint8)
+    return np.concatenate([band, image], axis=0)

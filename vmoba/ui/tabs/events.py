@@ -14,7 +14,7 @@ from ...checks import atomic_output
 from ..events_demo import EVENT_SUFFIXES, event_images, events_from_clip, events_from_file, reconstruct
 from ..files import OutputFolder
 from ..limits import Limits
-from ..media import save_video, side_by_side, upscale
+from ..media import save_video, side_by_side, under_label, upscale
 from .common import COMPUTE, progress_callback, user_errors
 
 NOTE = """
@@ -72,7 +72,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                         example_labels=["held-out photograph, moving camera (clip)", "the same scene as an event file"])
         with gr.Column(scale=3):
             strip = gr.Image(label="events per frame interval (red ON, blue OFF)", interactive=False,
-                             elem_id="ev-events", format="png")
+                             elem_id="ev-events", format="png", height=200)
             result = gr.Video(label="events | diffusion | regression baseline | ground truth", autoplay=True,
                               loop=True, interactive=False, elem_id="ev-video")
             summary = gr.Markdown(elem_id="ev-summary")
@@ -93,7 +93,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
         columns = [shown, out.frames, out.baseline] + ([data.truth[1:]] if data.truth is not None else [])
         scale = max(1, 192 // max(out.frames.shape[1:]))
         clip = save_video(outputs, side_by_side(*(upscale(_rgb(c), scale) for c in columns)), fps=4)
-        strip_image = upscale(side_by_side(*(image[None] for image in shown[:8]))[0], max(1, scale // 2))
+        strip_image = upscale(side_by_side(*(image[None] for image in shown[:8]))[0], scale)
         text = (f"{len(data.events):,} events ({data.source}), {len(out.frames)} frames of "
                 f"{out.frames.shape[2]}x{out.frames.shape[1]}, {steps_} DDIM steps.")
         if out.ssim:
@@ -101,7 +101,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                      f"baseline **{out.ssim['baseline']:.3f}** (mean over the reconstructed frames).")
         elif data.truth is None:
             text += " No ground truth for an event file: compare the two reconstructions by eye."
-        return strip_image, clip, text
+        return under_label(strip_image), clip, text
 
     run.click(on_run, [source, video, events_file, frames, size, threshold, steps, seed], [strip, result, summary],
               api_name="events_to_video", **COMPUTE)

@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..files import OutputFolder
 from ..limits import Limits
-from ..media import save_video
+from ..media import save_video, under_label
 from ..motion_demo import analyse, energy_panel, example_clips, flow_picture, load_clip
 from .common import COMPUTE, user_errors
 
@@ -43,8 +43,8 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
         frames_ = int(frames_) if isinstance(frames_, float) and frames_.is_integer() else frames_
         clip = load_clip(video_, limits, frames=frames_)
         result = analyse(clip, lambda done, total, what: progress((done, total), desc=what))
-        return (flow_picture(result.flow, result.middle),
-                energy_panel(result.energy, result.directions, result.speeds, result.num_orientations),
+        return (under_label(flow_picture(result.flow, result.middle)),
+                under_label(energy_panel(result.energy, result.directions, result.speeds, result.num_orientations)),
                 f"{len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}. " + result.summary)
 
     run.click(on_run, [video, frames], [flow, energy, summary], api_name="motion_energy", **COMPUTE)

@@ -7,6 +7,7 @@ import pandas as pd
 
 from ...config import VMoBAConfig
 from ..limits import Limits
+from ..media import under_label
 from ..speed import check_grid, partition_image, time_layer
 from .common import COMPUTE, VMoBAKnobs, user_errors
 
@@ -63,7 +64,7 @@ def build(limits: Limits) -> None:
         text = (f"{tokens:,} tokens ({grid[0]}x{grid[1]}x{grid[2]}), {int(heads_)} heads x {int(head_dim_)}: VMoBA ran "
                 f"**{worst:.2f}x-{best:.2f}x** the speed of dense SDPA here, **{verdict}**, attending "
                 f"{min(r['density'] for r in vmoba_rows):.1%}-{max(r['density'] for r in vmoba_rows):.1%} of the pairs.")
-        return frame, text, partition_image(grid, config)
+        return frame, text, under_label(partition_image(grid, config))
 
     run.click(on_run, [t, h, w, heads, head_dim, *knobs.components], [table, summary, partition],
               api_name="attention_speed", **COMPUTE)

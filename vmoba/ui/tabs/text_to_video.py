@@ -11,7 +11,7 @@ from .. import attention_view
 from ..files import OutputFolder
 from ..generation import ATTENTION, VideoRequest, compare, generate
 from ..limits import Limits
-from ..media import save_video, upscale
+from ..media import save_video, under_label, upscale
 from ..models import DEFAULT_MODEL, ModelRegistry
 from .common import COMPUTE, VIEW, RecentResults, VMoBAKnobs, progress_callback, user_errors
 
@@ -150,7 +150,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
         record = attention_view.find_record(result.records, int(step_), int(layer_))
         head_index = None if head_ in (None, HEADS_ALL) else int(str(head_).split()[-1])
         image, text = attention_view.render(result.frames, record, token, head_index)
-        return image, text
+        return under_label(image), text
 
     def on_click(evt: gr.SelectData):
         # the picker shows the frame PICKER_SCALE times larger: back to frame pixels
