@@ -3,7 +3,8 @@
     python benchmarks/demo_screenshots.py                      # docs/images/demo_*.png from a fresh app
     python benchmarks/demo_screenshots.py --url http://127.0.0.1:7860 --out /tmp/shots
 
-In every tab it sets inputs, clicks the run button and waits until the result is really there: the video
+In every tab it sets inputs, clicks the run button (or an example, which runs when clicked) and waits until the
+result is really there: the video
 element can play (``readyState >= 2``, a duration above 0) or the image has loaded (``naturalWidth > 0``). In
 the text-to-video tab it then clicks a point of a frame and waits until the attention view shows another
 picture. Any step that does not happen in time raises, so `tests/ui/test_browser.py` runs this same tour.
@@ -87,11 +88,10 @@ def text_to_video(page, shots: Path, name: str, steps: int | None) -> dict:
 
 def events_to_video(page, shots: Path, name: str, steps: int | None) -> dict:
     page.get_by_role("tab", name="Events to video").click()
-    page.get_by_text("held-out photograph, moving camera (clip)").click()
     _set_slider(page, "ev-frames", 4)
     if steps is not None:
         _set_slider(page, "ev-steps", steps)
-    page.locator("#ev-run").click()
+    page.get_by_text("held-out photograph, moving camera (clip)").click()  # an example runs when clicked
     _wait(page, VIDEO_PLAYS, "#ev-video", "the reconstruction playing")
     _wait(page, IMAGE_LOADED, "#ev-events", "the event images")
     _wait(page, TEXT_PRESENT, ["#ev-summary", "SSIM"], "the SSIM numbers")
@@ -101,8 +101,7 @@ def events_to_video(page, shots: Path, name: str, steps: int | None) -> dict:
 
 def motion_energy(page, shots: Path, name: str, steps: int | None) -> dict:
     page.get_by_role("tab", name="Motion energy").click()
-    page.get_by_text("photo moving right and up, 2.2 px/frame").click()
-    page.locator("#me-run").click()
+    page.get_by_text("photo moving right and up, 2.2 px/frame").click()  # an example runs when clicked
     _wait(page, IMAGE_LOADED, "#me-flow", "the flow picture")
     _wait(page, IMAGE_LOADED, "#me-energy", "the energy maps")
     _wait(page, TEXT_PRESENT, ["#me-summary", "px/frame"], "the motion in words")
@@ -112,8 +111,7 @@ def motion_energy(page, shots: Path, name: str, steps: int | None) -> dict:
 
 def attention_speed(page, shots: Path, name: str, label: str = "8,160 tokens") -> dict:
     page.get_by_role("tab", name="Attention speed").click()
-    page.get_by_text(label).click()
-    page.locator("#sp-run").click()
+    page.get_by_text(label).click()  # an example runs when clicked
     _wait(page, IMAGE_LOADED, "#sp-partition", "the partition picture")
     _wait(page, TEXT_PRESENT, ["#sp-summary", "tokens"], "the timing summary")
     page.screenshot(path=str(shots / name), full_page=True)

@@ -67,8 +67,8 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                 steps = gr.Slider(1, limits.event_max_steps, value=25, step=1, label="DDIM steps", elem_id="ev-steps")
                 seed = gr.Number(value=0, precision=0, label="seed")
             run = gr.Button("Reconstruct", variant="primary", elem_id="ev-run")
-            gr.Examples([[SOURCES[0], example_video, None], [SOURCES[1], None, example_events]],
-                        inputs=[source, video, events_file], label="examples (click one, then Reconstruct)",
+            examples = gr.Examples([[SOURCES[0], example_video, None], [SOURCES[1], None, example_events]],
+                        inputs=[source, video, events_file], label="examples (click one to run it)",
                         example_labels=["held-out photograph, moving camera (clip)", "the same scene as an event file"])
         with gr.Column(scale=3):
             strip = gr.Image(label="events per frame interval (red ON, blue OFF)", interactive=False,
@@ -103,8 +103,9 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
             text += " No ground truth for an event file: compare the two reconstructions by eye."
         return under_label(strip_image), clip, text
 
-    run.click(on_run, [source, video, events_file, frames, size, threshold, steps, seed], [strip, result, summary],
-              api_name="events_to_video", **COMPUTE)
+    inputs, outputs_ = [source, video, events_file, frames, size, threshold, steps, seed], [strip, result, summary]
+    run.click(on_run, inputs, outputs_, api_name="events_to_video", **COMPUTE)
+    examples.load_input_event.then(on_run, inputs, outputs_, api_visibility="undocumented", **COMPUTE)
 
 
 def _rgb(frames: np.ndarray) -> np.ndarray:

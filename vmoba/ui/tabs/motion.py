@@ -29,8 +29,8 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                              sources=["upload"], elem_id="me-video-in")
             frames = gr.Slider(7, limits.max_clip_frames, value=9, step=1, label="frames analysed (from the start)")
             run = gr.Button("Analyse motion", variant="primary", elem_id="me-run")
-            gr.Examples([[path] for path in examples.values()], inputs=[video], example_labels=list(examples),
-                        label="examples with known motion (click one, then Analyse)")
+            example_set = gr.Examples([[path] for path in examples.values()], inputs=[video],
+                                      example_labels=list(examples), label="examples with known motion (click one to run it)")
             summary = gr.Markdown(elem_id="me-summary")
         with gr.Column(scale=3):
             flow = gr.Image(label="middle frame | estimated flow (hue = direction, saturation = speed; key at top right)",
@@ -48,3 +48,5 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                 f"{len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}. " + result.summary)
 
     run.click(on_run, [video, frames], [flow, energy, summary], api_name="motion_energy", **COMPUTE)
+    example_set.load_input_event.then(on_run, [video, frames], [flow, energy, summary], api_visibility="undocumented",
+                                      **COMPUTE)

@@ -37,9 +37,9 @@ def build(limits: Limits) -> None:
             with gr.Accordion("VMoBA settings", open=True):
                 knobs = VMoBAKnobs(base)
             run = gr.Button("Time one layer", variant="primary", elem_id="sp-run")
-            gr.Examples([[5, 8, 8], [8, 30, 34], [16, 32, 32]], inputs=[t, h, w],
+            examples = gr.Examples([[5, 8, 8], [8, 30, 34], [16, 32, 32]], inputs=[t, h, w],
                         example_labels=["320 tokens (the default model)", "8,160 tokens", "16,384 tokens"],
-                        label="grids")
+                        label="grids (click one to run it)")
         with gr.Column(scale=3):
             table = gr.Dataframe(headers=["method", "scheme", "ms", "speed-up", "density", "rel. L2 vs dense"],
                                  label="one attention layer", interactive=False, elem_id="sp-table")
@@ -66,5 +66,7 @@ def build(limits: Limits) -> None:
                 f"{min(r['density'] for r in vmoba_rows):.1%}-{max(r['density'] for r in vmoba_rows):.1%} of the pairs.")
         return frame, text, under_label(partition_image(grid, config))
 
-    run.click(on_run, [t, h, w, heads, head_dim, *knobs.components], [table, summary, partition],
-              api_name="attention_speed", **COMPUTE)
+    inputs = [t, h, w, heads, head_dim, *knobs.components]
+    run.click(on_run, inputs, [table, summary, partition], api_name="attention_speed", **COMPUTE)
+    examples.load_input_event.then(on_run, inputs, [table, summary, partition], api_visibility="undocumented",
+                                   **COMPUTE)

@@ -67,7 +67,7 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
             chart = gr.LinePlot(None, x="step", y="density",
                                 color="layer", y_lim=[0, 1], title="attended density per layer and step",
                                 x_title="denoising step", y_title="density", height=260, elem_id="t2v-chart")
-    gr.Examples(EXAMPLES, inputs=[prompt, attention, frames, steps, seed], label="examples (click one, then Generate)")
+    examples = gr.Examples(EXAMPLES, inputs=[prompt, attention, frames, steps, seed], label="examples (click one to run it)")
 
     gr.Markdown("### Compare: dense and the chosen sparse attention at the same seed")
     with gr.Row():
@@ -163,6 +163,9 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
               **COMPUTE).then(on_view, view_inputs, view_outputs, api_visibility="undocumented", **VIEW)
     run_compare.click(on_compare, generation_inputs, [dense_video, sparse_video, compare_text, chart, key, *controls],
                       api_name="compare", **COMPUTE).then(on_view, view_inputs, view_outputs, api_visibility="undocumented", **VIEW)
+    examples.load_input_event.then(on_generate, generation_inputs, [video, summary, chart, key, *controls],
+                                   api_visibility="undocumented", **COMPUTE).then(
+        on_view, view_inputs, view_outputs, api_visibility="undocumented", **VIEW)
     frame.release(on_frame, [key, frame], picker, api_name="frame", **VIEW)
     picker.select(on_click, None, [x, y], api_visibility="undocumented", queue=False).then(
         on_view, view_inputs, view_outputs, api_name="attention_view", **VIEW)
