@@ -17,7 +17,7 @@ from .. import checks
 from ..config import SCHEMES, VMoBAConfig
 from ..processors import CrissCrossAttnProcessor, VMoBAProcessor, disable, enable
 from ..video import psnr
-from .limits import Limits
+from .limits import Limits, whole
 
 # what the page shows -> what the package calls it
 ATTENTION = {"dense": "dense", "VMoBA": "vmoba", "criss-cross": "crisscross"}
@@ -43,24 +43,17 @@ class VideoRequest:
             raise ValueError("prompt must be some words, e.g. 'a red circle moves right'")
         if len(prompt) > limits.max_prompt_chars:
             raise ValueError(f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
-        frames = checks.integer("frames", _whole(frames), min=1, max=limits.max_frames)
+        frames = checks.integer("frames", whole(frames), min=1, max=limits.max_frames)
         if (frames - 1) % 4:
             raise ValueError(f"frames must be 4k+1 (1, 5, 9, 13, 17, ...) for Wan-family VAEs, got {frames}")
-        height = checks.integer("height", _whole(height), min=limits.min_side, max=limits.max_side)
-        width = checks.integer("width", _whole(width), min=limits.min_side, max=limits.max_side)
+        height = checks.integer("height", whole(height), min=limits.min_side, max=limits.max_side)
+        width = checks.integer("width", whole(width), min=limits.min_side, max=limits.max_side)
         if height % 16 or width % 16:
             raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
-        steps = checks.integer("steps", _whole(steps), min=1, max=limits.max_steps)
+        steps = checks.integer("steps", whole(steps), min=1, max=limits.max_steps)
         guidance = checks.real("guidance", guidance, min=0.0, max=limits.max_guidance)
-        seed = checks.integer("seed", _whole(seed), min=0, max=2**31 - 1)
+        seed = checks.integer("seed", whole(seed), min=0, max=2**31 - 1)
         return cls(prompt.strip(), frames, height, width, steps, guidance, seed)
-
-
-def _whole(value: Any) -> Any:
-    """Number fields of a web page send floats: 17.0 is the integer 17, 17.5 stays a float (and is refused)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def vmoba_config(base: VMoBAConfig, *, threshold: Any, select_mode: Any, threshold_type: Any, topk: Sequence[Any],
@@ -76,12 +69,12 @@ def vmoba_config(base: VMoBAConfig, *, threshold: Any, select_mode: Any, thresho
         threshold=checks.real("threshold", threshold, min=0.0, max=1.0),
         select_mode=checks.choice("selection mode", select_mode, ("threshold", "topk")),
         threshold_type=checks.choice("selection group", threshold_type, ("query_head", "head_global", "block", "overall")),
-        topk=checks.int_tuple("top-k", tuple(_whole(k) for k in topk), 3, min=1),
+        topk=checks.int_tuple("top-k", tuple(whole(k) for k in topk), 3, min=1),
         granularity=checks.choice("granularity", granularity, ("token", "tile")),
         layer_schedule=schedule,
-        temporal_chunk=checks.integer("temporal chunk", _whole(temporal_chunk), min=1),
-        spatial_chunk=checks.int_tuple("spatial chunk", tuple(_whole(k) for k in spatial_chunk), 2, min=1),
-        st_chunk=checks.int_tuple("space-time chunk", tuple(_whole(k) for k in st_chunk), 3, min=1),
+        temporal_chunk=checks.integer("temporal chunk", whole(temporal_chunk), min=1),
+        spatial_chunk=checks.int_tuple("spatial chunk", tuple(whole(k) for k in spatial_chunk), 2, min=1),
+        st_chunk=checks.int_tuple("space-time chunk", tuple(whole(k) for k in st_chunk), 3, min=1),
     )
 
 

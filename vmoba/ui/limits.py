@@ -34,3 +34,11 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def whole(value):
+    """Number fields and sliders of a web page send floats: 17.0 is the integer 17, while 17.5 stays a float
+    (and `vmoba.checks.integer` refuses it, naming the field)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -18,11 +18,11 @@ from ..config import SCHEMES, VMoBAConfig
 from ..crisscross import criss_cross_attention
 from ..partition import partition_blocks
 from ..synthetic import structured_qkv
-from .limits import Limits
+from .limits import Limits, whole
 
 
 def check_grid(t: Any, h: Any, w: Any, limits: Limits) -> tuple[int, int, int]:
-    grid = tuple(checks.integer(name, int(v) if isinstance(v, float) and v.is_integer() else v, min=1, max=256)
+    grid = tuple(checks.integer(name, whole(v), min=1, max=256)
                  for name, v in (("frames T", t), ("height H", h), ("width W", w)))
     if math.prod(grid) > limits.speed_max_tokens:
         raise ValueError(f"grid {grid[0]}x{grid[1]}x{grid[2]} holds {math.prod(grid):,} tokens; the limit here is "

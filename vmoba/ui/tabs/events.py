@@ -13,7 +13,7 @@ from ...pipelines import EventToVideoPipeline
 from ...checks import atomic_output
 from ..events_demo import EVENT_SUFFIXES, event_images, events_from_clip, events_from_file, reconstruct
 from ..files import OutputFolder
-from ..limits import Limits
+from ..limits import Limits, whole
 from ..media import save_video, side_by_side, under_label, upscale
 from .common import COMPUTE, progress_callback, user_errors
 
@@ -79,8 +79,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
 
     @user_errors
     def on_run(source_, video_, file_, frames_, size_, threshold_, steps_, seed_, progress=gr.Progress()):
-        frames_, size_, steps_, seed_ = (int(v) if isinstance(v, float) and v.is_integer() else v
-                                         for v in (frames_, size_, steps_, seed_))
+        frames_, size_, steps_, seed_ = (whole(v) for v in (frames_, size_, steps_, seed_))
         if source_ == SOURCES[0]:
             data = events_from_clip(video_, limits, frames=frames_, side=size_, contrast_threshold=threshold_)
         elif source_ == SOURCES[1]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..files import OutputFolder
-from ..limits import Limits
+from ..limits import Limits, whole
 from ..media import save_video, under_label
 from ..motion_demo import analyse, energy_panel, example_clips, flow_picture, load_clip
 from .common import COMPUTE, user_errors
@@ -40,8 +40,7 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
 
     @user_errors
     def on_run(video_, frames_, progress=gr.Progress()):
-        frames_ = int(frames_) if isinstance(frames_, float) and frames_.is_integer() else frames_
-        clip = load_clip(video_, limits, frames=frames_)
+        clip = load_clip(video_, limits, frames=whole(frames_))
         result = analyse(clip, lambda done, total, what: progress((done, total), desc=what))
         return (under_label(flow_picture(result.flow, result.middle)),
                 under_label(energy_panel(result.energy, result.directions, result.speeds, result.num_orientations)),
