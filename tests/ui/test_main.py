@@ -60,3 +60,15 @@ def test_module_serves_the_page_on_the_environment_port():
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.mark.slow
+def test_closing_the_app_removes_its_temporary_files():
+    from vmoba.ui import build_app
+    from vmoba.ui.app import close_app
+
+    demo = build_app()
+    folder = demo.vmoba_outputs.path
+    assert any(folder.glob("*.mp4"))  # the example clips of the events and motion tabs
+    close_app(demo)
+    assert not folder.exists()
