@@ -17,7 +17,7 @@ locality of a trained video model, timed against PyTorch's dense SDPA: the path 
 key blocks per query, then attends only those; the selection has a fixed cost, so **below a few thousand tokens
 sparse attention is slower than dense**, and on the tiny default model (320 tokens) it cannot be faster. Around
 16K tokens the CPU path is 2-4x faster than dense at density 0.13-0.25 (`docs/benchmarks.md`); on a GPU the
-Triton kernels are 2.3-3.5x faster than flash attention at Wan 480p (32K tokens). Timings on a shared machine
+Triton kernels are 2.3-3.4x faster than flash attention at Wan 480p (32K tokens). Timings on a shared machine
 vary from run to run.
 """
 
