@@ -1,0 +1,51 @@
+"""Motion-energy tab: energy maps per direction and speed, the estimated flow, the dominant motion in words."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..files import OutputFolder
+from ..limits import Limits, whole
+from ..media import save_video, under_label
+from ..motion_demo import analyse, energy_panel, example_clips, flow_picture, load_clip
+from .common import COMPUTE, user_errors
+
+NOTE = """
+**What to expect.** The energy stage is the classic Adelson-Bergen bank (16 directions, 8 preferred speeds): it
+decodes the direction of drifting gratings to within 0.1 degree. The flow network on top is small (0.47 M
+parameters, trained for under two CPU hours): on held-out photographs its error is about half of OpenCV
+Farneback's but several times DIS's, it overestimates slow speeds (0.25 px/frame reads as 0.3-0.4) and is
+weakest on textureless regions (`docs/motion.md`). Clips are converted to grey; the flow is the motion at the
+middle frame, in pixels per frame of the clip as analysed (after resizing).
+"""
+
+
+def build(outputs: OutputFolder, limits: Limits) -> None:
+    gr.Markdown(NOTE)
+    examples = {name: save_video(outputs, clip, fps=8) for name, clip in example_clips().items()}
+    with gr.Row():
+        with gr.Column(scale=2):
+            video = gr.Video(label=f"clip (at most {limits.max_video_seconds:g} s, {limits.max_upload_mb:g} MB)",
+                             sources=["upload"], elem_id="me-video-in")
+            frames = gr.Slider(7, limits.max_clip_frames, value=9, step=1, label="frames analysed (from the start)")
+            run = gr.Button("Analyse motion", variant="primary", elem_id="me-run")
+            example_set = gr.Examples([[path] for path in examples.values()], inputs=[video],
+                                      example_labels=list(examples), label="examples with known motion (click one to run it)")
+            summary = gr.Markdown(elem_id="me-summary")
+        with gr.Column(scale=3):
+            flow = gr.Image(label="middle frame | estimated flow (hue = direction, saturation = speed; key at top right)",
+                            interactive=False, elem_id="me-flow", format="png")
+            energy = gr.Image(label="motion energy: columns = preferred direction (arrow), rows = preferred speed",
+                              interactive=False, elem_id="me-energy", format="png")
+
+    @user_errors
+    def on_run(video_, frames_, progress=gr.Progress()):
+        clip = load_clip(video_, limits, frames=whole(frames_))
+        result = analyse(clip, lambda done, total, what: progress((done, total), desc=what))
+        return (under_label(flow_picture(result.flow, result.middle)),
+                under_label(energy_panel(result.energy, result.directions, result.speeds, result.num_orientations)),
+                f"{len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}. " + result.summary)
+
+    run.click(on_run, [video, frames], [flow, energy, summary], api_name="motion_energy", **COMPUTE)
+    example_set.load_input_event.then(on_run, [video, frames], [flow, energy, summary], api_visibility="undocumented",
+                                      **COMPUTE)
