@@ -134,7 +134,7 @@ def test_cli_generate_writes_a_playable_video(tmp_path):
     (["--frames", "6"], "4k\\+1"),
     (["--model", "no-such-folder"], "not a diffusers pipeline folder"),
     (["--out", "clip.avi"], ".mp4"),
-    (["--threshold", "2"], "must be in"),
+    (["--threshold", "2"], "must be <= 1"),
 ])
 def test_cli_generate_bad_arguments(tmp_path, args, message):
     argv = ["generate", "a red ball", "--out", "clip.mp4", *args]
