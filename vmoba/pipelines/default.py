@@ -14,6 +14,11 @@ import logging
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import models as token_models
+from tokenizers import processors as token_processors
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from ..config import VMoBAConfig
 
@@ -47,62 +52,51 @@ _TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=64, d_kv=16, d_ff=1
 DEFAULT_MAX_SEQUENCE_LENGTH = 16
 
 
-def _pipeline_class():
-    from diffusers import WanPipeline
+class VMoBAWanPipeline(WanPipeline):
+    """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once, and
+    keeps the text length its model was trained with (``max_sequence_length``, saved in model_index.json):
+    the zero-padded text tokens take part in cross-attention, so another length changes the output."""
 
-    class VMoBAWanPipeline(WanPipeline):
-        """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once, and
-        keeps the text length its model was trained with (``max_sequence_length``, saved in model_index.json):
-        the zero-padded text tokens take part in cross-attention, so another length changes the output."""
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
+                 boundary_ratio=None, expand_timesteps=False, max_sequence_length: int = 512):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                         transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+                         expand_timesteps=expand_timesteps)
+        self.register_to_config(max_sequence_length=max_sequence_length)
 
-        def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
-                     boundary_ratio=None, expand_timesteps=False, max_sequence_length: int = 512):
-            super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                             transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
-                             expand_timesteps=expand_timesteps)
-            self.register_to_config(max_sequence_length=max_sequence_length)
+    def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
+        if max_sequence_length is None:
+            max_sequence_length = self.config.max_sequence_length
+        return super().__call__(*args, max_sequence_length=max_sequence_length, **kwargs)
 
-        def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
-            if max_sequence_length is None:
-                max_sequence_length = self.config.max_sequence_length
-            return super().__call__(*args, max_sequence_length=max_sequence_length, **kwargs)
-
-        def set_attn_processor(self, processor) -> None:
-            """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
-            for name in ("transformer", "transformer_2"):
-                model = getattr(self, name, None)
-                if model is not None:
-                    model.set_attn_processor(processor.clone() if hasattr(processor, "clone") else copy.copy(processor))
-
-    return VMoBAWanPipeline
+    def set_attn_processor(self, processor) -> None:
+        """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
+        for name in ("transformer", "transformer_2"):
+            model = getattr(self, name, None)
+            if model is not None:
+                model.set_attn_processor(processor.clone() if hasattr(processor, "clone") else copy.copy(processor))
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     vocab.update({w: i + 3 for i, w in enumerate(VOCABULARY)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(token_models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = token_processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_default_pipeline(seed: int = 0):
     """The default architecture with seeded random weights."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(**_TRANSFORMER)
         vae = AutoencoderKLWan(**_VAE)
         text_encoder = UMT5EncoderModel(UMT5Config(**_TEXT_ENCODER))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = _pipeline_class()(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                             transformer=transformer, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH)
+    pipe = VMoBAWanPipeline(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                            transformer=transformer, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH)
     pipe.vmoba_trained = False
     return pipe
 
@@ -114,7 +108,7 @@ def load_default_pipeline(path: str | Path | None = None, *, quiet: bool = False
     """
     path = Path(path) if path is not None else WEIGHTS_DIR
     if (path / "model_index.json").is_file():
-        pipe = _pipeline_class().from_pretrained(str(path), local_files_only=True)
+        pipe = VMoBAWanPipeline.from_pretrained(str(path), local_files_only=True)
         pipe.vmoba_trained = True
         return pipe
     if not quiet:
