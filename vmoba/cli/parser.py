@@ -13,7 +13,7 @@ import argparse
 from .arguments import (add_threads_option, finite, fraction, grid, natural_int, nonnegative_real, positive_int,
                         positive_real)
 
-ATTENTION_MODES = ("vmoba", "dense")
+ATTENTION_MODES = ("vmoba", "dense", "crisscross")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,24 +55,35 @@ def _add_generate(sub) -> None:
         "generate",
         help="text to video with the embedded default model (or --model PATH), VMoBA attention",
         description="Generate a video from a prompt and write it as H.264 MP4. Uses the embedded default "
-        "text-to-video model unless --model names a local diffusers pipeline folder.",
+        "text-to-video model unless --model names a local pipeline folder (a diffusers pipeline, or the "
+        "'final' folder of a 'vmoba train' run, which samples with the attention settings it was trained with). "
+        "Sizes default to the model's own.",
     )
     gen.add_argument("prompt", help='what to show, e.g. "a red circle moves right"')
     gen.add_argument("--out", required=True, help="output .mp4 file (not replaced unless --force)")
-    gen.add_argument("--attention", choices=ATTENTION_MODES, default="vmoba", help="attention in the transformer")
-    gen.add_argument("--model", help="a local diffusers pipeline folder (Wan, CogVideoX, HunyuanVideo, LTX-Video)")
-    gen.add_argument("--frames", type=positive_int, default=17, help="number of frames, 4k+1 (default 17)")
-    gen.add_argument("--height", type=positive_int, default=64, help="frame height, a multiple of 16 (default 64)")
-    gen.add_argument("--width", type=positive_int, default=64, help="frame width, a multiple of 16 (default 64)")
+    gen.add_argument("--attention", choices=ATTENTION_MODES,
+                     help="attention in the transformer's video self-attention (default: what the model was trained "
+                     "with; vmoba for the embedded model and plain diffusers folders)")
+    gen.add_argument("--model", help="a local pipeline folder (Wan, CogVideoX, HunyuanVideo, LTX-Video, or a "
+                     "'vmoba train' export)")
+    gen.add_argument("--frames", type=positive_int,
+                     help="number of frames, as the model's VAE allows (4k+1 for Wan, 8k+1 for LTX-Video; default: "
+                     "the model's own, 17 for the embedded one)")
+    gen.add_argument("--height", type=positive_int,
+                     help="frame height, a multiple of the model's spatial factor and of 16 (default: the model's)")
+    gen.add_argument("--width", type=positive_int,
+                     help="frame width, a multiple of the model's spatial factor and of 16 (default: the model's)")
     gen.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
     gen.add_argument("--guidance-scale", type=finite, default=5.0, help="classifier-free guidance (default 5)")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--seed", type=natural_int, default=0)
-    gen.add_argument("--threshold", type=fraction, default=0.25, help="VMoBA selection threshold (default 0.25)")
-    gen.add_argument("--granularity", choices=["token", "tile"], default="token")
+    gen.add_argument("--threshold", type=fraction,
+                     help="VMoBA selection threshold (default: the model's, from its training; else 0.25)")
+    gen.add_argument("--granularity", choices=["token", "tile"],
+                     help="VMoBA selection granularity (default: the model's, from its training)")
     gen.add_argument("--fps", type=positive_int, default=8)
     gen.add_argument("--device", help="torch device, e.g. cuda (default: where the pipeline loads, the CPU)")
-    add_threads_option(gen, "1 for the embedded model")
+    add_threads_option(gen, "the model's training setting; 1 for the embedded model")
     gen.add_argument("--force", action="store_true", help="replace --out if it exists")
     gen.add_argument("--compare", action="store_true",
                      help="also run dense attention at the same seed; print the time ratio, mean density and PSNR")

@@ -1,5 +1,5 @@
-"""Pipelines: the embedded default text-to-video pipeline and the event-to-video pipeline. diffusers is imported
-only when one of them is first used."""
+"""Pipelines: the embedded default text-to-video pipeline, the event-to-video pipeline, and `load_pipeline` for
+any pipeline folder. diffusers is imported only when one of them is first used."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ _EXPORTS = {
     "load_default_pipeline": "default",
     "EventToVideoOutput": "event_to_video",
     "EventToVideoPipeline": "event_to_video",
+    "PipelineDefaults": "loading",
+    "VideoSizeRule": "loading",
+    "load_pipeline": "loading",
+    "video_size_rule": "loading",
 }
-_SUBMODULES = ("default", "event_to_video", "event_training")
+_SUBMODULES = ("default", "event_to_video", "event_training", "loading")
 
 __all__ = sorted(_EXPORTS)
 
@@ -26,3 +30,4 @@ if TYPE_CHECKING:
     from .default import (DEFAULT_SIZE, DEFAULT_VMOBA_CONFIG, VMoBAWanPipeline, build_default_pipeline,
                           load_default_pipeline)
     from .event_to_video import EventToVideoOutput, EventToVideoPipeline
+    from .loading import PipelineDefaults, VideoSizeRule, load_pipeline, video_size_rule
