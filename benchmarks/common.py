@@ -8,10 +8,12 @@ import platform
 import statistics
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from vmoba.checks import atomic_output
 from vmoba.synthetic import structured_qkv  # noqa: F401  (re-exported for the scripts)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,10 +54,8 @@ def machine_info():
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         try:
-            import triton
-
-            info["triton"] = triton.__version__
-        except ImportError:
+            info["triton"] = metadata.version("triton")
+        except metadata.PackageNotFoundError:
             pass
     try:
         info["commit"] = subprocess.run(
@@ -71,7 +71,8 @@ def write_json(name, payload, out_dir=None):
     out_dir = Path(out_dir) if out_dir else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    with atomic_output(path) as partial:
+        partial.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
 

@@ -1,37 +1,20 @@
-"""Fine-tune a diffusers video DiT with VMoBA attention:
+"""The training programs as a module, for launchers that take one (``vmoba train ...`` is the same)::
 
-    accelerate launch -m vmoba.train --config train.yaml          # any number of processes
-    vmoba train --config train.yaml                                # the same, in this process
+    accelerate launch -m vmoba.train --config train.yaml          # fine-tune a video DiT, any number of processes
+    accelerate launch -m vmoba.train events --out runs/events     # the event-to-video pipeline
 
-The YAML fields are listed in docs/training.md.
+Every option is described by ``vmoba train --help``; the YAML fields in docs/training.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from .cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmoba.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="training configuration (YAML)")
-    args = parser.parse_args(argv)
-    return run_config(args.config, prog="vmoba.train")
-
-
-def run_config(path: str, prog: str) -> int:
-    import logging
-
-    from .training import ConfigError, DataError, load_config
-    from .training.trainer import run
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(load_config(path))
-    except (ConfigError, DataError, FileExistsError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

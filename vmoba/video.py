@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
+
+from .checks import atomic_output
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -21,9 +24,8 @@ def to_uint8(frames) -> np.ndarray:
 
 def write_video(path: str | Path, frames, fps: int = 8, *, overwrite: bool = False) -> Path:
     """Write ``frames`` ((F, H, W, 3), sides multiples of 16) as H.264 MP4. Refuses to replace an existing
-    file unless ``overwrite``."""
-    import imageio.v2 as imageio
-
+    file unless ``overwrite``; the file appears complete or not at all (written under a temporary name, then
+    renamed), so a failed write never leaves a truncated video or destroys the one that was there."""
     path = Path(path)
     frames = to_uint8(frames)
     F, H, W, _ = frames.shape
@@ -33,9 +35,9 @@ def write_video(path: str | Path, frames, fps: int = 8, *, overwrite: bool = Fal
         raise FileExistsError(f"{path} exists; pass overwrite=True (--force on the command line) to replace it")
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"write H.264 video to a .mp4 file, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=16,
-                            quality=8, ffmpeg_params=["-movflags", "+faststart"]) as writer:
+    with atomic_output(path) as partial, imageio.get_writer(
+            partial, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=16, quality=8,
+            ffmpeg_params=["-movflags", "+faststart"]) as writer:
         for frame in frames:
             writer.append_data(frame)
     return path
@@ -43,8 +45,6 @@ def write_video(path: str | Path, frames, fps: int = 8, *, overwrite: bool = Fal
 
 def read_video(path: str | Path) -> np.ndarray:
     """All frames of a video file as a uint8 array (F, H, W, 3)."""
-    import imageio.v2 as imageio
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {path}")

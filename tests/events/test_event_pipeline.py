@@ -9,7 +9,7 @@ from vmoba.events import EventStream, simulate_events
 from vmoba.events.conditioner import ConditionerState, EventResidualConditioner
 from vmoba.events.data import HELD_OUT_IMAGES, TRAIN_IMAGES, SequenceConfig, load_photo, make_batch, make_sequence
 from vmoba.events.evaluate import evaluate, ssim
-from vmoba.events.train import ResidualTrainingLoss
+from vmoba.pipelines.event_training import ResidualTrainingLoss
 from vmoba.pipelines import EventToVideoPipeline
 from vmoba.pipelines.event_to_video import DEFAULT_WEIGHTS, build_denoiser, build_scheduler
 

@@ -14,7 +14,8 @@ from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, load_default_pipeline
 from vmoba.pipelines.default import DEFAULT_SIZE, WEIGHTS_DIR
 from vmoba.training.shapes import detect_clip
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# loads the shipped model and generates eight 17-frame clips: about a minute on 2 CPU cores
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # every color and every direction twice, shapes spread over them; fixed before the model was measured
 PROMPTS = [("red", "circle", "right"), ("green", "square", "left"), ("blue", "triangle", "up"),

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
-import vmoba  # noqa: E402
-from vmoba import VMoBAConfig, VMoBAProcessor  # noqa: E402
-from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, build_default_pipeline, load_default_pipeline  # noqa: E402
-from vmoba.video import psnr, read_video  # noqa: E402
+import vmoba
+from vmoba import VMoBAConfig, VMoBAProcessor
+from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, build_default_pipeline
+from vmoba.video import psnr, read_video
 
 CALL = dict(height=64, width=64, num_frames=9, num_inference_steps=2, guidance_scale=4.0, output_type="np")
 
@@ -92,17 +90,6 @@ def test_two_expert_pipeline_patches_both_transformers():
     vmoba.disable(pipe)
 
 
-def test_load_default_pipeline_reports_random_weights(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="vmoba"):
-        pipe = load_default_pipeline(tmp_path)
-    assert pipe.vmoba_trained is False and "random weights" in caplog.text
-    pipe.save_pretrained(tmp_path / "saved")
-    reloaded = load_default_pipeline(tmp_path / "saved")
-    assert reloaded.vmoba_trained is True
-    for a, b in zip(pipe.transformer.parameters(), reloaded.transformer.parameters()):
-        torch.testing.assert_close(a, b)
-
-
 def _cli(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "vmoba.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
@@ -130,11 +117,11 @@ def test_cli_generate_writes_a_playable_video(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--height", "50"], "multiples of 16"),
+    (["--height", "50"], "multiple of 16"),
     (["--frames", "6"], "4k\\+1"),
-    (["--model", "no-such-folder"], "not a diffusers pipeline folder"),
+    (["--model", "no-such-folder"], "no-such-folder: no such folder"),
     (["--out", "clip.avi"], ".mp4"),
-    (["--threshold", "2"], "must be in"),
+    (["--threshold", "2"], "must be <= 1"),
 ])
 def test_cli_generate_bad_arguments(tmp_path, args, message):
     argv = ["generate", "a red ball", "--out", "clip.mp4", *args]

@@ -1,8 +1,4 @@
-"""Evaluate event-to-video reconstruction on held-out synthetic sequences.
-
-    python -m vmoba.events.evaluate --out benchmarks/results/events_eval.json          # shipped weights
-    python -m vmoba.events.evaluate --weights runs/events --sequences 4 --out /tmp/e.json
-    python -m vmoba.events.evaluate --first 100000 --sequences 8 --steps 25 --out /tmp/val.json   # validation
+"""Evaluate event-to-video reconstruction on held-out synthetic sequences (``vmoba eval events`` runs it).
 
 Sequences are made by `vmoba.events.data` from photographs the training never sees (``HELD_OUT_IMAGES``),
 from seeds disjoint from training. Three methods, all given the events and the first frame:
@@ -18,12 +14,6 @@ subset can be re-checked against the file.
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-import os
-import platform
-import time
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +51,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 def load_lpips():
     """An LPIPS callable on ``[N, H, W]`` images in [0, 1], or ``(None, reason)`` when it cannot run offline."""
     try:
-        import lpips  # noqa: F401
+        import lpips  # optional: LPIPS is reported only where the package is installed
     except ImportError:
         return None, "lpips package not installed"
     try:
-        import lpips
-
         model = lpips.LPIPS(net="alex", verbose=False).eval()
     except Exception as error:  # the backbone weights come from a download that may be impossible here
         return None, f"lpips could not load its weights: {type(error).__name__}: {error}"
@@ -121,39 +109,3 @@ def format_table(result: dict) -> str:
     for method in METHODS:
         lines.append(f"| {method} | " + " | ".join(f"{result['mean'][method][n]:.4f}" for n in names) + " |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ..pipelines.event_to_video import EventToVideoPipeline
-
-    parser = argparse.ArgumentParser(description="Evaluate event-to-video reconstruction on held-out sequences.")
-    parser.add_argument("--weights", default=None, help="a saved pipeline directory (default: the shipped weights)")
-    parser.add_argument("--sequences", type=int, default=24)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps")
-    parser.add_argument("--first", type=int, default=0,
-                        help="index of the first sequence; the committed test set is 0..23, validation used 100000..")
-    parser.add_argument("--no-lpips", action="store_true")
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    pipe = (EventToVideoPipeline.from_pretrained(args.weights) if args.weights else EventToVideoPipeline.from_default_weights())
-    pipe.set_progress_bar_config(disable=True)
-    start = time.time()
-    result = evaluate(pipe, args.sequences, config=SequenceConfig(num_frames=args.frames),
-                      num_inference_steps=args.steps, first=args.first, use_lpips=not args.no_lpips)
-    result["weights"] = args.weights or "shipped (vmoba/weights/events)"
-    result["seconds"] = round(time.time() - start, 1)
-    result["machine"] = f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(format_table(result))
-    print(f"LPIPS: {result['lpips']}; {args.sequences} sequences in {result['seconds']} s -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()

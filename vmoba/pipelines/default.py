@@ -4,17 +4,24 @@ Components come from config dicts (no hub access): a Wan transformer, a Wan VAE,
 a word-level tokenizer whose vocabulary covers plain descriptions of moving shapes. The trained weights ship
 inside the package (`vmoba/weights/default/`, recipes/default/ made them); `build_default_pipeline` gives the
 same architecture with seeded random weights, and `load_default_pipeline` falls back to it, with a warning,
-when the weights are missing. ``pipe.vmoba_trained`` says which one you got.
+when the package ships no weights. ``pipe.vmoba_trained`` says which one you got.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import models as token_models
+from tokenizers import processors as token_processors
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from ..checks import integer, real
 from ..config import VMoBAConfig
 
 logger = logging.getLogger("vmoba")
@@ -46,78 +53,94 @@ _TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=64, d_kv=16, d_ff=1
 # Captions are a few words; padding every prompt to WanPipeline's 512 tokens would only cost time.
 DEFAULT_MAX_SEQUENCE_LENGTH = 16
 
+# which of WanPipeline's arguments a call gave, positionally or by name
+_WAN_CALL = inspect.signature(WanPipeline.__call__)
 
-def _pipeline_class():
-    from diffusers import WanPipeline
 
-    class VMoBAWanPipeline(WanPipeline):
-        """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once, and
-        keeps the text length its model was trained with (``max_sequence_length``, saved in model_index.json):
-        the zero-padded text tokens take part in cross-attention, so another length changes the output."""
+class VMoBAWanPipeline(WanPipeline):
+    """`diffusers.WanPipeline` that also takes ``set_attn_processor`` for all its transformers at once, keeps the
+    text length its model was trained with (``max_sequence_length``, saved in model_index.json: the zero-padded
+    text tokens take part in cross-attention, so another length changes the output), and samples at its own
+    size when none is given (``default_height``, ``default_width``, ``default_num_frames``), not at the 480x832
+    of Wan 2.1, which a small model cannot make."""
 
-        def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
-                     boundary_ratio=None, expand_timesteps=False, max_sequence_length: int = 512):
-            super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                             transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
-                             expand_timesteps=expand_timesteps)
-            self.register_to_config(max_sequence_length=max_sequence_length)
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
+                 boundary_ratio=None, expand_timesteps=False, max_sequence_length: int = 512,
+                 default_height: int = DEFAULT_SIZE["height"], default_width: int = DEFAULT_SIZE["width"],
+                 default_num_frames: int = DEFAULT_SIZE["num_frames"]):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                         transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+                         expand_timesteps=expand_timesteps)
+        self.register_to_config(max_sequence_length=max_sequence_length, default_height=default_height,
+                                default_width=default_width, default_num_frames=default_num_frames)
 
-        def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
-            if max_sequence_length is None:
-                max_sequence_length = self.config.max_sequence_length
-            return super().__call__(*args, max_sequence_length=max_sequence_length, **kwargs)
+    def __call__(self, *args, **kwargs):
+        given = _WAN_CALL.bind_partial(self, *args, **kwargs).arguments
+        # diffusers takes these unchecked and fails deep inside (or loops zero times and decodes noise)
+        integer("num_inference_steps", given.get("num_inference_steps", 50), min=1)
+        real("guidance_scale", given.get("guidance_scale", 5.0))
+        for name in ("height", "width", "num_frames"):
+            if given.get(name) is not None:
+                integer(name, given[name], min=1)
+        for name in ("height", "width", "num_frames"):
+            if given.get(name) is None:
+                kwargs[name] = self.config[f"default_{name}"]
+        if given.get("max_sequence_length") is None:
+            kwargs["max_sequence_length"] = self.config.max_sequence_length
+        return super().__call__(*args, **kwargs)
 
-        def set_attn_processor(self, processor) -> None:
-            """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
-            for name in ("transformer", "transformer_2"):
-                model = getattr(self, name, None)
-                if model is not None:
-                    model.set_attn_processor(processor.clone() if hasattr(processor, "clone") else copy.copy(processor))
-
-    return VMoBAWanPipeline
+    def set_attn_processor(self, processor) -> None:
+        """Give every transformer its own copy of ``processor`` (each counts its own layers)."""
+        for name in ("transformer", "transformer_2"):
+            model = getattr(self, name, None)
+            if model is not None:
+                model.set_attn_processor(processor.clone() if hasattr(processor, "clone") else copy.copy(processor))
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     vocab.update({w: i + 3 for i, w in enumerate(VOCABULARY)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(token_models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = token_processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_default_pipeline(seed: int = 0):
     """The default architecture with seeded random weights."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(**_TRANSFORMER)
         vae = AutoencoderKLWan(**_VAE)
         text_encoder = UMT5EncoderModel(UMT5Config(**_TEXT_ENCODER))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = _pipeline_class()(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+    pipe = VMoBAWanPipeline(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                              transformer=transformer, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH)
     pipe.vmoba_trained = False
     return pipe
 
 
-def load_default_pipeline(path: str | Path | None = None, *, quiet: bool = False):
-    """The embedded default pipeline (weights from ``path`` or from the package when trained ones exist).
+def load_default_pipeline(path: str | Path | None = None, *, quiet: bool = False) -> VMoBAWanPipeline:
+    """The embedded default pipeline: the weights shipped in the package, or those of ``path`` (a folder saved
+    by ``save_pretrained`` or exported by ``vmoba train``).
 
-    ``pipe.vmoba_trained`` tells whether the weights are trained; with random weights a warning says so.
+    A ``path`` that holds no pipeline raises FileNotFoundError. Only when the package itself ships no trained
+    weights does it fall back to seeded random weights, with a warning unless ``quiet``;
+    ``pipe.vmoba_trained`` tells which you got.
     """
-    path = Path(path) if path is not None else WEIGHTS_DIR
-    if (path / "model_index.json").is_file():
-        pipe = _pipeline_class().from_pretrained(str(path), local_files_only=True)
+    if path is not None:
+        folder = Path(path)
+        if not (folder / "model_index.json").is_file():
+            what = "no such folder" if not folder.exists() else "no model_index.json there"
+            raise FileNotFoundError(f"no default-model pipeline at {folder} ({what})")
+    else:
+        folder = WEIGHTS_DIR
+    if (folder / "model_index.json").is_file():
+        pipe = VMoBAWanPipeline.from_pretrained(str(folder), local_files_only=True)
         pipe.vmoba_trained = True
         return pipe
     if not quiet:
         logger.warning("the embedded default model has random weights (no trained weights in %s): it runs end to end "
-                       "but its videos are noise", path)
+                       "but its videos are noise", folder)
     return build_default_pipeline()
