@@ -34,8 +34,8 @@ _EXPORTS = {
     "BlockSelection": "selection",
     "compute_selection": "selection",
 }
-_SUBMODULES = ("attention", "checks", "cli", "config", "crisscross", "events", "kernels", "layout", "motion", "parallel", "partition",
-               "pipelines", "processors", "selection", "synthetic", "training", "ui", "video")
+_SUBMODULES = ("attention", "checks", "cli", "config", "crisscross", "events", "kernels", "layout", "motion",
+               "parallel", "partition", "pipelines", "processors", "selection", "synthetic", "training", "ui", "video")
 
 __all__ = sorted(_EXPORTS)
 

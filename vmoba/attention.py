@@ -98,7 +98,6 @@ def split_text(x: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.
     return x[:, S - text_len :], x[:, : S - text_len]
 
 
-_split_text = split_text  # the earlier private name, still imported by vmoba.crisscross
 
 
 def dense_reason(config: VMoBAConfig, layer_idx: int, n_video: int, *, scheme: str | None = None,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from . import checks
+from .layout import SCHEMES  # one home for the partition schemes: the layout types
 
-SCHEMES = ("1d", "2d", "3d")
 LAYER_KINDS = SCHEMES + ("crisscross",)  # what a layer_schedule entry may name
 SELECT_MODES = ("threshold", "topk")
 THRESHOLD_TYPES = ("query_head", "head_global", "block", "overall")

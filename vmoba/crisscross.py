@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import _split_text, check_qkv, dense_attention
+from .attention import check_qkv, dense_attention, split_text
 from .checks import boolean, choice, integer, real
 from .config import BACKENDS, VMoBAConfig
 from .kernels._triton import triton_unavailable_reason
@@ -254,9 +254,9 @@ def _criss_cross_once(q, k, v, grid, scale, text_len, text_first, text_mask, vid
     """One loop of `criss_cross_attention` on validated arguments; ``video`` attends the video queries."""
     if not text_len:
         return video(q, k, v, grid, scale)[0]
-    qt, qv = _split_text(q, text_len, text_first)
-    kt, kv = _split_text(k, text_len, text_first)
-    vt, vv = _split_text(v, text_len, text_first)
+    qt, qv = split_text(q, text_len, text_first)
+    kt, kv = split_text(k, text_len, text_first)
+    vt, vv = split_text(v, text_len, text_first)
     out_v, _ = video(qv, kv, vv, grid, scale, kt, vt, text_mask)
     out_t = _text_queries(qt, k, v, scale, text_len, text_first, text_mask, memory_budget_mb)
     return torch.cat([out_t, out_v] if text_first else [out_v, out_t], dim=1)

@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import torch
 
-from .families import model_family  # noqa: F401  (its former home; vmoba.training.models imports it from here)
 
 AxesOf = Callable[[int], "torch.Tensor | None"]  # channels of the table -> axis of each channel, or None
 

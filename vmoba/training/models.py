@@ -49,7 +49,7 @@ def load_vae(config: TrainConfig):
 def load_pipeline(config: TrainConfig):
     """The pipeline whose transformer (and text encoder) the text-to-video task trains."""
     from ..pipelines.default import build_default_pipeline, load_default_pipeline
-    from ..processors.grid import model_family
+    from ..processors.families import model_family
 
     m = config.model
     seed = config.training.seed
