@@ -6,9 +6,10 @@ Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, eac
 PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one): ``default`` (diffusers' own
 processor), ``enabled`` (`vmoba.enable`, which reads the grid from the transformer's input), or installed with
 `set_attn_processor` (the grid then comes from the gathered rotary table): ``vmoba``, ``vmoba-global``,
-``vmoba-block``, ``vmoba-reordered``, ``mixed`` (criss-cross and VMoBA layers), ``crisscross``. LAYOUT: ``ulysses``,
-``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
-in float32 (``convert_to_fp32``), the one rounding left.
+``vmoba-block``, ``vmoba-reordered``, ``mixed`` (criss-cross and VMoBA layers), ``crisscross``. LAYOUT:
+``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The vmoba processors capture their calls under
+parallelism; the rank writes how many records it got and how many kept a selection mask. The model runs in
+float64; diffusers merges ring steps in float32 (``convert_to_fp32``), the one rounding left.
 """
 
 import json
@@ -23,6 +24,7 @@ from diffusers import ContextParallelConfig, LTXVideoTransformer3DModel, WanTran
 
 import vmoba
 from vmoba import parallel
+from vmoba.processors.base import AttentionProcessor
 
 CHUNKS = dict(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3))
 CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
@@ -105,6 +107,10 @@ def check(kind: str, layout: str) -> dict:
     weight = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     backward = family != "ltx"
     ref_out, ref_grads = run(reference, inputs, weight, backward)
+    processors = {id(p): p for p in model.attn_processors.values() if isinstance(p, AttentionProcessor)}.values()
+    for p in processors:
+        p.reset_stats()
+        p.capture = True
     try:
         with mock.patch.object(torch.accelerator, "device_count", return_value=1):
             model.enable_parallelism(config=layout_config(layout, world))
@@ -116,8 +122,10 @@ def check(kind: str, layout: str) -> dict:
         dist.all_reduce(g)  # every rank holds the gradient of its own tokens: the sum is the model's
         scale = ref_grads[name].abs().max().item() or 1.0
         grad_diff = max(grad_diff, (g - ref_grads[name]).abs().max().item() / scale)
+    records = [record for p in processors for record in p.captured]
     return {"output": (out - ref_out).abs().max().item(), "output_scale": ref_out.abs().max().item(),
-            "gradient": grad_diff if backward else None}
+            "gradient": grad_diff if backward else None, "captured": len(records),
+            "masks": sum(record.mask is not None for record in records)}
 
 
 def main():

@@ -48,8 +48,8 @@ class SelectionRecord:
     ``mask[b, h, i, j]`` (on CPU, original token order) says whether video query ``i`` attended key block
     ``j`` of ``block_ids`` (the block of each video token, frame-major order); both are None for
     criss-cross and dense calls, and under context parallelism (each rank then holds only part of the
-    selection: its heads under Ulysses, its queries under ring). ``step`` is None when the denoising step is unknown (without
-    `vmoba.enable`). Classifier-free guidance may give two records per (step, layer).
+    selection: its heads under Ulysses, its queries under ring). ``step`` is None when the denoising step is
+    unknown (without `vmoba.enable`). Classifier-free guidance may give two records per (step, layer).
     """
 
     step: int | None
@@ -246,5 +246,5 @@ class AttentionProcessor:
                 f"grid=(T, H, W))")
         if math.prod(grid) != n_video:
             raise ValueError(f"latent grid {grid} from {source} holds {math.prod(grid)} tokens but the attention layer "
-                             f"has {n_video} video tokens")
+                             f"has {n_video} video tokens" + (f" across {ranks} ranks" if ranks > 1 else ""))
         return grid
