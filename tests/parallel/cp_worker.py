@@ -4,13 +4,14 @@ criss-cross processor runs once on the whole sequence (the reference, no collect
 
 Usage: ``torchrun --nproc_per_node P cp_worker.py OUT_DIR CASE [CASE ...]``, each CASE ``PROCESSOR:LAYOUT``.
 PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one): ``default`` (diffusers' own
-processor), ``plain`` (`VMoBAProcessor` as `set_attn_processor` installs it), or through `vmoba.parallel`:
-``vmoba``, ``vmoba-global``, ``vmoba-block``, ``vmoba-reordered``, ``crisscross``. LAYOUT: ``ulysses``,
-``ring`` or ``unified`` (both, 4 processes). The model runs in float64; diffusers merges ring steps
-in float32 (``convert_to_fp32``), the one rounding left.
+processor), ``enabled`` (`vmoba.enable`, which reads the grid from the transformer's input), or installed with
+`set_attn_processor` (the grid then comes from the gathered rotary table): ``vmoba``, ``vmoba-global``,
+``vmoba-block``, ``vmoba-reordered``, ``mixed`` (criss-cross and VMoBA layers), ``crisscross``. LAYOUT:
+``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The vmoba processors capture their calls under
+parallelism; the rank writes how many records it got and how many kept a selection mask. The model runs in
+float64; diffusers merges ring steps in float32 (``convert_to_fp32``), the one rounding left.
 """
 
-import copy
 import json
 import sys
 import traceback
@@ -23,7 +24,7 @@ from diffusers import ContextParallelConfig, LTXVideoTransformer3DModel, WanTran
 
 import vmoba
 from vmoba import parallel
-from vmoba.parallel.processors import ContextParallelCrissCrossProcessor, ContextParallelVMoBAProcessor
+from vmoba.processors.base import AttentionProcessor
 
 CHUNKS = dict(temporal_chunk=1, spatial_chunk=(2, 2), st_chunk=(2, 2, 3))
 CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
@@ -31,6 +32,8 @@ CONFIG = vmoba.VMoBAConfig(**CHUNKS, threshold=0.25)
 GLOBAL = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, granularity="tile", query_tile=5, threshold_type="head_global")
 # selection grouped over all heads: impossible under Ulysses, where a rank holds some of the heads
 BLOCK = vmoba.VMoBAConfig(**CHUNKS, threshold=0.3, threshold_type="block")
+# a criss-cross layer first: Ulysses runs it, ring has no form for it
+MIXED = CONFIG.replace(layer_schedule=("crisscross", "2d", "3d"))
 
 
 def build(seed: int = 0, family: str = "wan"):
@@ -57,17 +60,21 @@ def build(seed: int = 0, family: str = "wan"):
     return model, inputs
 
 
-def processor(kind: str):
-    if kind == "plain":
-        return vmoba.VMoBAProcessor(CONFIG)
-    if kind in ("vmoba", "vmoba-global", "vmoba-block"):
-        config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK}[kind]
-        return ContextParallelVMoBAProcessor(config)
-    if kind == "vmoba-reordered":  # heads dealt to the Ulysses ranks in another order: the same result
-        processor = ContextParallelVMoBAProcessor(GLOBAL)
+def install(model, kind: str) -> None:
+    if kind == "default":
+        return
+    if kind == "enabled":
+        vmoba.enable(model, CONFIG)
+        return
+    if kind in ("vmoba", "vmoba-global", "vmoba-block", "mixed"):
+        config = {"vmoba": CONFIG, "vmoba-global": GLOBAL, "vmoba-block": BLOCK, "mixed": MIXED}[kind]
+        processor = vmoba.VMoBAProcessor(config)
+    elif kind == "vmoba-reordered":  # heads dealt to the Ulysses ranks in another order: the same result
+        processor = vmoba.VMoBAProcessor(GLOBAL)
         processor.head_order = torch.tensor([3, 0, 2, 1])
-        return processor
-    return ContextParallelCrissCrossProcessor(CONFIG)
+    else:
+        processor = vmoba.CrissCrossAttnProcessor(CONFIG)
+    model.set_attn_processor(processor)
 
 
 def run(model, inputs, weight, backward=True):
@@ -93,13 +100,17 @@ def check(kind: str, layout: str) -> dict:
     world = dist.get_world_size()
     family, _, kind = kind.rpartition("/")
     model, inputs = build(family=family or "wan")
-    if kind != "default":
-        model.set_attn_processor(processor(kind))
-    reference = copy.deepcopy(model)
+    reference, _ = build(family=family or "wan")  # the same weights; its own processors and hooks
+    install(model, kind)
+    install(reference, kind)
     shape = model(**inputs, return_dict=False)[0].shape
     weight = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     backward = family != "ltx"
     ref_out, ref_grads = run(reference, inputs, weight, backward)
+    processors = {id(p): p for p in model.attn_processors.values() if isinstance(p, AttentionProcessor)}.values()
+    for p in processors:
+        p.reset_stats()
+        p.capture = True
     try:
         with mock.patch.object(torch.accelerator, "device_count", return_value=1):
             model.enable_parallelism(config=layout_config(layout, world))
@@ -111,8 +122,10 @@ def check(kind: str, layout: str) -> dict:
         dist.all_reduce(g)  # every rank holds the gradient of its own tokens: the sum is the model's
         scale = ref_grads[name].abs().max().item() or 1.0
         grad_diff = max(grad_diff, (g - ref_grads[name]).abs().max().item() / scale)
+    records = [record for p in processors for record in p.captured]
     return {"output": (out - ref_out).abs().max().item(), "output_scale": ref_out.abs().max().item(),
-            "gradient": grad_diff if backward else None}
+            "gradient": grad_diff if backward else None, "captured": len(records),
+            "masks": sum(record.mask is not None for record in records)}
 
 
 def main():

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("cp_worker.py")
 TOLERANCE = 1e-5  # relative; ring steps are merged in float32 by diffusers, everything else is float64
 
-TWO = ["default:ulysses", "plain:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
-       "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses", "crisscross:ring",
+TWO = ["default:ulysses", "enabled:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
+       "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "mixed:ulysses", "mixed:ring",
+       "crisscross:ulysses", "crisscross:ring",
        "ltx/vmoba:ulysses", "ltx/crisscross:ulysses"]
 FOUR = ["vmoba:unified", "vmoba-block:unified", "vmoba-reordered:unified"]
 
@@ -63,16 +64,23 @@ def test_the_check_itself_holds_for_diffusers_default_processor(two):
     _matches(two, "default:ulysses")
 
 
-@pytest.mark.xfail(strict=True, reason="VMoBAProcessor.attention does not route through vmoba.parallel yet: each "
-                                       "rank attends only its own shard of the sequence")
 def test_vmoba_processor_as_installed_matches_one_process(two):
-    _matches(two, "plain:ulysses")
+    """`vmoba.enable`, then `enable_parallelism`: nothing else to do."""
+    _matches(two, "enabled:ulysses")
 
 
 @pytest.mark.parametrize("case", ["vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
-                                  "vmoba-block:ring", "vmoba-reordered:ulysses", "crisscross:ulysses"])
+                                  "vmoba-block:ring", "vmoba-reordered:ulysses", "mixed:ulysses",
+                                  "crisscross:ulysses"])
 def test_matches_one_process_forward_and_backward(two, case):
     _matches(two, case)
+
+
+@pytest.mark.parametrize("case", ["enabled:ulysses", "vmoba:ring", "mixed:ulysses"])
+def test_captures_under_parallelism_keep_no_mask(two, case):
+    """Each rank holds part of a call's selection (its heads, or its queries): records carry mask=None."""
+    for rank, result in enumerate(two):
+        assert result[case]["captured"] == 3 and result[case]["masks"] == 0, (rank, result[case])
 
 
 @pytest.mark.parametrize("case", ["ltx/vmoba:ulysses", "ltx/crisscross:ulysses"])
@@ -85,8 +93,10 @@ def test_selection_over_all_heads_is_refused_under_ulysses(two):
     _refused(two, "vmoba-block:ulysses", "threshold_type='block'")
 
 
-def test_criss_cross_attention_is_refused_under_ring(two):
-    _refused(two, "crisscross:ring", "no ring form")
+@pytest.mark.parametrize("case", ["crisscross:ring", "mixed:ring"])
+def test_criss_cross_attention_is_refused_under_ring(two, case):
+    _refused(two, case, "CrissCrossAttnProcessor has no ring form" if case.startswith("crisscross") else
+             "VMoBAProcessor has no ring form")
 
 
 def test_ulysses_and_ring_together_match_one_process(four):

@@ -95,18 +95,3 @@ def test_joint_attention_has_no_ring_form():
     with pytest.raises(UnsupportedParallelism, match="text tokens"):
         VMoBARing(GRID, 0, CONFIG, text_len=5).check(Ring())
 
-
-def test_sequence_parallelism_refuses_a_processor_that_stays_in_its_shard():
-    from diffusers import WanTransformer3DModel
-
-    from vmoba import VMoBAProcessor
-    from vmoba.parallel.processors import joins_context_parallelism
-    from vmoba.parallel.training import enable_sequence_parallel
-
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1)
-    model.set_attn_processor(VMoBAProcessor(CONFIG))
-    if joins_context_parallelism(VMoBAProcessor()):
-        pytest.skip("VMoBAProcessor joins the engine itself")
-    with pytest.raises(UnsupportedParallelism, match="ContextParallelVMoBAProcessor"):
-        enable_sequence_parallel(model, 2)

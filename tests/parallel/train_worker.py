@@ -8,7 +8,6 @@ Usage: ``torchrun --nproc_per_node P train_worker.py OUT_DIR CASE [CASE ...]``, 
 class that recipes/parallel/fsdp2.yaml names, then at the root, as accelerate's FSDP2 plugin wraps it).
 """
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import vmoba
-from vmoba.parallel.processors import ContextParallelVMoBAProcessor
 from vmoba.parallel.training import enable_sequence_parallel, loss_scale
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "parallel" / "fsdp2.yaml"
@@ -34,7 +32,7 @@ def build():
     model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4,
                                   out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=3,
                                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    model.set_attn_processor(ContextParallelVMoBAProcessor(CONFIG))
+    vmoba.enable(model, CONFIG)
     return model.double()
 
 
@@ -71,7 +69,7 @@ def main():
     for case in layouts:
         layout, _, wrapper = case.partition(":")
         model = build()
-        reference = copy.deepcopy(model)
+        reference = build()  # the same weights, its own processors and hooks
         ref_losses = train(reference)
         enable_sequence_parallel(model, world, layout)
         if wrapper == "fsdp2":  # as accelerate applies the recipe: its block class, then the root

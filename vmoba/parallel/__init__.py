@@ -1,7 +1,7 @@
 """VMoBA and criss-cross attention inside diffusers' context parallelism (Ulysses, ring, both): see `engine`.
 
-The processors joining the engine (`ContextParallelVMoBAProcessor`, `ContextParallelCrissCrossProcessor`) live
-in `vmoba.parallel.processors`, imported on their own so that `vmoba.processors` can use this package."""
+`VMoBAProcessor` and `CrissCrossAttnProcessor` join it themselves once ``transformer.enable_parallelism(...)``
+has run; `training` holds what sequence-parallel training adds."""
 
 from .engine import (
     UnsupportedParallelism,
@@ -9,7 +9,6 @@ from .engine import (
     balance_heads,
     context_parallel_attention,
     context_parallel_config,
-    dense_reason,
     gather_sequence,
     world_size,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "balance_heads",
     "context_parallel_attention",
     "context_parallel_config",
-    "dense_reason",
     "gather_sequence",
     "world_size",
 ]

@@ -21,8 +21,8 @@ one process. Refused: criss-cross attention and text tokens inside the attended 
 under ring; ``block`` and ``overall`` selection (which group over all heads) under Ulysses; the uneven
 ``*_anything`` layouts.
 
-An attention processor's seam calls `context_parallel_attention` with its ``_parallel_config`` (which
-diffusers sets); without context parallelism it simply runs the attention.
+`vmoba.processors.base.AttentionProcessor` (so `VMoBAProcessor` and `CrissCrossAttnProcessor`) calls
+`context_parallel_attention` with its ``_parallel_config`` (which diffusers sets) when that splits the sequence.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.distributed._functional_collectives as funcol
 from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
 from .._parallel import parallel_map
-from ..attention import AttentionStats
+from ..attention import AttentionStats, dense_reason
 from ..config import VMoBAConfig, as_config
 from ..kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
 from ..partition import get_partition, validate_grid
@@ -188,17 +188,6 @@ def balance_heads(loads: torch.Tensor, ranks: int) -> torch.Tensor:
 # -- VMoBA under ring attention -----------------------------------------------------------------------------
 
 
-def dense_reason(config: VMoBAConfig, layer_idx: int, n_video: int) -> str | None:
-    """Why `vmoba_attention` would run dense attention for this call, or None."""
-    if layer_idx in config.dense_layers:
-        return f"layer {layer_idx} is in dense_layers"
-    if n_video < config.min_tokens:
-        return f"{n_video} video tokens < min_tokens={config.min_tokens}"
-    if config.is_dense():
-        return "threshold=1.0 keeps every block"
-    return None
-
-
 @dataclass
 class VMoBARing:
     """VMoBA over the ring: global selection, then each ring step attends the selected blocks of the
@@ -254,7 +243,7 @@ class VMoBARing:
         B, S, H, D = q.shape
         part, nb = self.part, self.part.num_blocks
         mine = self._chunk(self.ring_rank)
-        reason = dense_reason(self.config, self.layer_idx, part.num_tokens)
+        reason = dense_reason(self.config, self.layer_idx, part.num_tokens, scheme=self.scheme)
         if reason is not None:
             self.dense_reason = reason
             return torch.ones(B, H, S, nb, dtype=torch.bool, device=q.device)

@@ -20,9 +20,6 @@ import torch
 from diffusers import ContextParallelConfig
 
 from ..checks import choice, integer
-from ..processors import VMoBAProcessor
-from .engine import UnsupportedParallelism
-from .processors import joins_context_parallelism
 
 
 def data_parallel_rank(process_index: int, num_processes: int, degree: int) -> tuple[int, int]:
@@ -53,16 +50,11 @@ def _accelerator_count_for_cpu():
 def enable_sequence_parallel(transformer, degree: int, layout: str = "ulysses"):
     """Split ``transformer``'s sequence over ``degree`` processes (all of them: one context-parallel group)
     with diffusers' engine; ``layout`` ``"ulysses"``, ``"ring"`` or ``"unified"`` (ring of Ulysses pairs).
-    Install the attention processors first: a VMoBA or criss-cross processor that does not join the engine
-    would attend within each rank's shard only, so it is refused. Works on CPU (gloo) as well as on GPUs."""
+    Install the attention processors first (`vmoba.enable`): diffusers hands its configuration to the
+    processors present, and `VMoBAProcessor` and `CrissCrossAttnProcessor` join its engine. Works on CPU
+    (gloo) as well as on GPUs."""
     degree = integer("degree", degree, min=2)
     layout = choice("layout", layout, ("ulysses", "ring", "unified"))
-    for name, processor in transformer.attn_processors.items():
-        if isinstance(processor, VMoBAProcessor) and not joins_context_parallelism(processor):
-            raise UnsupportedParallelism(
-                f"{name} uses {type(processor).__name__}, which computes attention within each rank's shard only: "
-                f"install vmoba.parallel.processors.ContextParallelVMoBAProcessor (or "
-                f"ContextParallelCrissCrossProcessor) before enabling sequence parallelism")
     if layout == "ulysses":
         config = ContextParallelConfig(ulysses_degree=degree)
     elif layout == "ring":

@@ -1,6 +1,6 @@
 """`AttentionProcessor`: what every vmoba attention processor shares (the diffusers interface, the model
-family, layer indices, grid discovery, dense fallbacks, statistics and selection capture). The subclasses
-only say which kind of attention each layer runs (`scheme_for_layer`)."""
+family, layer indices, grid discovery, dense fallbacks, statistics and selection capture, diffusers' context
+parallelism). The subclasses only say which kind of attention each layer runs (`scheme_for_layer`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from ..attention import AttentionStats, attention_with_selection, dense_reason
 from ..config import VMoBAConfig, as_config
 from ..crisscross import criss_cross_attention
+from ..parallel import VMoBARing, context_parallel_attention, gather_sequence, world_size
 from ..partition import get_partition, validate_grid
 from ..selection import BlockSelection
 from .families import FAMILY_NAMES, Family, family_named, family_of_attention
@@ -46,8 +47,9 @@ class SelectionRecord:
 
     ``mask[b, h, i, j]`` (on CPU, original token order) says whether video query ``i`` attended key block
     ``j`` of ``block_ids`` (the block of each video token, frame-major order); both are None for
-    criss-cross and dense calls. ``step`` is None when the denoising step is unknown (without
-    `vmoba.enable`). Classifier-free guidance may give two records per (step, layer).
+    criss-cross and dense calls, and under context parallelism (each rank then holds only part of the
+    selection: its heads under Ulysses, its queries under ring). ``step`` is None when the denoising step is
+    unknown (without `vmoba.enable`). Classifier-free guidance may give two records per (step, layer).
     """
 
     step: int | None
@@ -62,10 +64,19 @@ class SelectionRecord:
 
 
 class AttentionProcessor:
-    """Base of `VMoBAProcessor` and `CrissCrossAttnProcessor` (see there for the user-facing story)."""
+    """Base of `VMoBAProcessor` and `CrissCrossAttnProcessor` (see there for the user-facing story).
+
+    Joins diffusers' context parallelism (``transformer.enable_parallelism``, which sets ``_parallel_config``):
+    grids and dense decisions are those of the whole sequence, and the attention runs through
+    `vmoba.parallel.context_parallel_attention` (Ulysses, ring for the VMoBA schemes, both). ``head_order``
+    deals the heads to the Ulysses ranks in that order (`vmoba.parallel.balance_heads`); None keeps
+    diffusers' order. Under context parallelism ``last_stats``, ``densities`` and captures describe the part
+    of each call this rank computed.
+    """
 
     _attention_backend = None
-    _parallel_config = None
+    _parallel_config = None  # set by diffusers' enable_parallelism
+    head_order = None
 
     def __init__(self, config: VMoBAConfig | Mapping[str, Any] | None = None, *,
                  grid: Sequence[int] | None = None, family: str | None = None, capture: bool = False):
@@ -115,7 +126,9 @@ class AttentionProcessor:
         layer = self._layer_of(attn)
         scheme = self.scheme_for_layer(layer)
         step = self._step()
-        n_video = adapter.video_tokens(hidden_states, encoder_hidden_states)
+        # under context parallelism the layer holds one shard of the sequence; decisions are the whole's
+        ranks = world_size(self._parallel_config)
+        n_video = adapter.video_tokens(hidden_states, encoder_hidden_states) * ranks
         reason = dense_reason(self.config, layer, n_video, scheme=scheme, step=step)
         if reason is not None:
             grid = self._known_grid(adapter, hidden_states, encoder_hidden_states, rotary)
@@ -129,8 +142,20 @@ class AttentionProcessor:
         grid = self._grid(adapter, hidden_states, encoder_hidden_states, rotary)
 
         def attend(q, k, v, *, text_len=0, text_first=True, text_mask=None):
-            out, stats, selection = self.attention(q, k, v, grid, layer, scheme, text_len=text_len,
-                                                   text_first=text_first, text_mask=text_mask)
+            def whole(q, k, v):  # each rank holds part of the selection: it is not recorded
+                out, stats, _ = self.attention(q, k, v, grid, layer, scheme, text_len=text_len,
+                                               text_first=text_first, text_mask=text_mask)
+                return out, stats
+
+            if ranks == 1:
+                out, stats, selection = self.attention(q, k, v, grid, layer, scheme, text_len=text_len,
+                                                       text_first=text_first, text_mask=text_mask)
+            else:
+                ring = None if scheme == "crisscross" else VMoBARing(grid, layer, self.config, text_len=text_len)
+                out, stats = context_parallel_attention(whole, q, k, v, parallel_config=self._parallel_config,
+                                                        ring=ring, what=type(self).__name__,
+                                                        head_order=self.head_order)
+                selection = None
             self._record(layer, step, grid, stats, selection, text_len)
             return out
 
@@ -138,8 +163,9 @@ class AttentionProcessor:
 
     def attention(self, q, k, v, grid, layer, scheme, *, text_len, text_first, text_mask
                   ) -> tuple[torch.Tensor, AttentionStats, BlockSelection | None]:
-        """The one seam: the attention of a video self-attention layer that runs sparse, ``(B, S, H, D)`` in and
-        out, with its statistics and (VMoBA schemes) the block selection it used."""
+        """The one seam: the attention of a video self-attention layer that runs sparse over the whole sequence,
+        ``(B, S, H, D)`` in and out (under Ulysses context parallelism, this rank's heads), with its statistics
+        and (VMoBA schemes) the block selection it used."""
         if scheme == "crisscross":
             out = criss_cross_attention(q, k, v, grid, text_len=text_len, text_first=text_first, text_mask=text_mask)
             T, H, W = grid
@@ -203,12 +229,15 @@ class AttentionProcessor:
             return None
 
     def _grid(self, adapter, hidden_states, encoder_hidden_states, rotary) -> tuple[int, int, int]:
-        n_video = adapter.video_tokens(hidden_states, encoder_hidden_states)
+        ranks = world_size(self._parallel_config)  # the sequence and its rotary table are split across them
+        n_video = adapter.video_tokens(hidden_states, encoder_hidden_states) * ranks
         source, grid = f"{type(self).__name__}(grid=...)", self.grid
         if grid is None and self.context is not None and self.context.grid is not None:
             source, grid = "the transformer's latent input", self.context.grid
-        if grid is None:
-            source, grid = "the rotary embedding", grid_from_rotary(rotary, n_video, adapter.rotary_axes) if rotary is not None else None
+        if grid is None and rotary is not None:
+            if ranks > 1:
+                rotary = gather_sequence(rotary, self._parallel_config)
+            source, grid = "the rotary embedding", grid_from_rotary(rotary, n_video, adapter.rotary_axes)
         if grid is None:
             raise RuntimeError(
                 f"{type(self).__name__} cannot find the latent grid of this {adapter.name} attention layer "
@@ -217,5 +246,5 @@ class AttentionProcessor:
                 f"grid=(T, H, W))")
         if math.prod(grid) != n_video:
             raise ValueError(f"latent grid {grid} from {source} holds {math.prod(grid)} tokens but the attention layer "
-                             f"has {n_video} video tokens")
+                             f"has {n_video} video tokens" + (f" across {ranks} ranks" if ranks > 1 else ""))
         return grid
