@@ -61,3 +61,34 @@ def test_vmoba_attention_refuses_a_criss_cross_layer():
         vmoba.vmoba_attention(q, q, q, (1, 3, 4), 0, MIXED)
     with pytest.raises(ValueError, match="crisscross"):
         vmoba.select_blocks(q, q, (1, 3, 4), 0, MIXED)
+
+
+def test_recurrence_reaches_every_criss_cross_layer(monkeypatch):
+    import vmoba.processors.base as base
+
+    calls = []
+    original = base.criss_cross_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["recurrence"])
+        return original(*args, **kwargs)
+
+    model, inputs, n_layers = build("wan")
+    once = run_model(model, inputs)  # default processors: the reference the loops must move away from
+    monkeypatch.setattr(base, "criss_cross_attention", spy)
+    outputs = {}
+    for recurrence in (1, 2):
+        model, _, _ = build("wan")
+        proc = CrissCrossAttnProcessor(recurrence=recurrence)
+        model.set_attn_processor(proc)
+        outputs[recurrence] = run_model(model, inputs)
+        assert proc.clone().recurrence == recurrence
+    assert calls == [1] * n_layers + [2] * n_layers
+    assert not torch.allclose(outputs[1], outputs[2]) and not torch.allclose(outputs[2], once)
+    model, _, _ = build("wan")
+    (proc,) = vmoba.enable(model, MIXED, processor=VMoBAProcessor).values()
+    proc.recurrence = 2
+    run_model(model, inputs)
+    assert calls[2 * n_layers:] == [2, 2]  # the two criss-cross layers of the mixed schedule
+    with pytest.raises(ValueError, match="recurrence must be >= 1"):
+        CrissCrossAttnProcessor(recurrence=0)

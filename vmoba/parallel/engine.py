@@ -208,7 +208,7 @@ class VMoBARing:
 
     def __post_init__(self):
         self.grid = validate_grid(self.grid)
-        self.config = as_config(self.config)
+        self.config = as_config(self.config).for_backend("torch")  # the ring steps run the PyTorch path
         self.stats: AttentionStats | None = None
         self.rows: torch.Tensor | None = None  # [B, H, S / R, n_blocks] selection of this rank's queries
 

@@ -10,9 +10,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import checks
 from ..attention import AttentionStats, attention_with_selection, dense_reason
 from ..config import VMoBAConfig, as_config
-from ..crisscross import criss_cross_attention
+from ..crisscross import criss_cross_attention, criss_cross_backend
 from ..parallel import VMoBARing, context_parallel_attention, gather_sequence, world_size
 from ..partition import get_partition, validate_grid
 from ..selection import BlockSelection
@@ -79,12 +80,14 @@ class AttentionProcessor:
     head_order = None
 
     def __init__(self, config: VMoBAConfig | Mapping[str, Any] | None = None, *,
-                 grid: Sequence[int] | None = None, family: str | None = None, capture: bool = False):
+                 grid: Sequence[int] | None = None, family: str | None = None, capture: bool = False,
+                 recurrence: int = 1):
         self.config = as_config(config)
         self.grid = validate_grid(grid) if grid is not None else None
         self.family = family
         self._family = None if family is None else family_named(family)
         self.capture = capture
+        self.recurrence = checks.integer("recurrence", recurrence, min=1)  # loops of every criss-cross layer
         self.captured: list[SelectionRecord] = []
         self.context: CallContext | None = None
         self.layer_index: dict[int, int] = {}
@@ -108,7 +111,8 @@ class AttentionProcessor:
 
     def clone(self) -> "AttentionProcessor":
         """A fresh processor with the same settings (its own layer indices, statistics and captures)."""
-        return type(self)(self.config, grid=self.grid, family=self.family, capture=self.capture)
+        return type(self)(self.config, grid=self.grid, family=self.family, capture=self.capture,
+                          recurrence=self.recurrence)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(config={self.config!r}, family={self.family!r})"
@@ -167,9 +171,12 @@ class AttentionProcessor:
         ``(B, S, H, D)`` in and out (under Ulysses context parallelism, this rank's heads), with its statistics
         and (VMoBA schemes) the block selection it used."""
         if scheme == "crisscross":
-            out = criss_cross_attention(q, k, v, grid, text_len=text_len, text_first=text_first, text_mask=text_mask)
+            out = criss_cross_attention(q, k, v, grid, text_len=text_len, text_first=text_first, text_mask=text_mask,
+                                        recurrence=self.recurrence, backend=self.config.backend,
+                                        memory_budget_mb=self.config.memory_budget_mb)
             T, H, W = grid
-            return out, AttentionStats("crisscross", 0, "token", "torch", (T + H + W - 2) / (T * H * W)), None
+            backend = criss_cross_backend(self.config.backend, q)
+            return out, AttentionStats("crisscross", 0, "token", backend, (T + H + W - 2) / (T * H * W)), None
         return attention_with_selection(q, k, v, grid, layer, self.config, text_len=text_len, text_first=text_first,
                                         text_mask=text_mask, fallback=False)
 

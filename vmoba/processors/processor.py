@@ -25,6 +25,8 @@ class VMoBAProcessor(AttentionProcessor):
             when None.
         capture: record every video self-attention call as a `SelectionRecord` in ``captured`` (the
             attribute ``capture`` can be switched at any time).
+        recurrence: loops of each criss-cross layer of a mixed ``layer_schedule`` (`criss_cross_attention`'s
+            ``recurrence``: ``A^R v``).
 
     After a call, ``last_stats[layer]`` holds the `AttentionStats` of each layer's last call.
     """
@@ -38,8 +40,12 @@ class CrissCrossAttnProcessor(AttentionProcessor):
     video self-attention: each query sees the tokens on its t-, h- and w-lines plus all text tokens.
 
     Same families, grid discovery, dense fallbacks (``config.dense_layers``, ``dense_steps``, ``min_tokens``),
-    statistics and capture as `VMoBAProcessor`; the partition and selection fields of ``config`` are not used.
-    ``vmoba.enable(pipe, config, processor=CrissCrossAttnProcessor)`` installs it in a whole pipeline."""
+    statistics and capture as `VMoBAProcessor`; of the other fields of ``config`` only ``backend`` (the fused
+    Triton kernel on CUDA with ``"auto"``) and ``memory_budget_mb`` (the PyTorch path) are used.
+    ``recurrence=R`` applies each layer's criss-cross attention R times (``A^R v``: two loops connect every video
+    token of a 2D grid or, through the text tokens, of any grid; three on a 3D grid without text):
+    ``CrissCrossAttnProcessor(config, recurrence=2)``, or in a whole pipeline
+    ``vmoba.enable(pipe, config, processor=functools.partial(CrissCrossAttnProcessor, recurrence=2))``."""
 
     def scheme_for_layer(self, layer: int) -> str:
         return "crisscross"
