@@ -237,6 +237,12 @@ def test_runs_never_overwrite_or_append_to_files_they_did_not_write(tmp_path, da
         assert _digest(foreign) == before
 
 
+def test_a_sequence_parallel_group_must_hold_every_process(tmp_path, data):
+    with pytest.raises(ConfigError, match=r"training.sequence_parallel 2 must be 1 or the number of processes \(1\)"):
+        run(_config(tmp_path, data, training={"sequence_parallel": 2}))
+    assert not (tmp_path / "run").exists()
+
+
 # -- cache, validation, export ----------------------------------------------------------------------------
 
 
