@@ -237,12 +237,14 @@ def run(config: TrainConfig) -> Path | None:
     if config.validation.prompts or config.task == "autoencoder":
         _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
     if main:
+        # the attention config the processors used, so sampling and later fine-tunes need not re-derive it
+        used = {"vmoba_config": task["vmoba_config"].to_dict()} if task.get("vmoba_config") is not None else {}
         with atomic_directory(final) as partial:
             task["export"](partial)
             (partial / "training.json").write_text(json.dumps(
                 {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
                  "weights_sha256_per_process": digests,
-                 "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
+                 "minutes_this_run": round((time.time() - start_time) / 60, 2), **used}, indent=1))
         print(f"saved {final} after {state.step} steps", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -318,8 +320,9 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
                               empty_embeds=empty)
+    used = next(iter(processors.values())).config if processors else None
     return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
-            "export": lambda path: export_pipeline(config, pipe, path, msl)}
+            "vmoba_config": used, "export": lambda path: export_pipeline(config, pipe, path, msl)}
 
 
 def _attention_as_identity(*blocks) -> None:
