@@ -20,13 +20,6 @@ from vmoba.training.trainer import run
 from vmoba.video import read_video
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()  # the runs below set one intra-op thread (training.threads)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", count=6, frames=5, size=32, seed=4)
@@ -208,7 +201,10 @@ def test_corrupt_video_stops_the_run_with_its_name_and_keeps_earlier_checkpoints
 
 
 def test_runs_refuse_to_overwrite_checkpoints_or_change_what_resuming_reproduces(tmp_path, data):
-    final = run(_config(tmp_path, data, training={"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2}))
+    threads = torch.get_num_threads()
+    final = run(_config(tmp_path, data, training={"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2,
+                                                  "threads": threads + 1}))
+    assert torch.get_num_threads() == threads  # training.threads is the command's: the library leaves the host's
     assert final == tmp_path / "run/final"
     assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [2, 3]  # keep_checkpoints: 2
     with pytest.raises(ConfigError, match="holds a finished run"):

@@ -142,6 +142,29 @@ def test_cli_reports_a_bad_config_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+def test_the_command_applies_training_threads_and_the_library_leaves_them(tmp_path, monkeypatch):
+    import torch
+
+    import vmoba.cli.train as train_command
+    from vmoba.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_command, "run_training", lambda config: seen.append(torch.get_num_threads()))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    path = tmp_path / "train.yaml"
+    try:
+        for threads in (3, 1):
+            path.write_text(yaml.safe_dump(_with("training.threads", threads)))
+            assert main(["train", "--config", str(path)]) == 0
+        torch.set_num_threads(2)
+        path.write_text(yaml.safe_dump(MINIMAL))  # no setting: the process keeps its own
+        assert main(["train", "--config", str(path)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 1, 2]
+
+
 def test_cli_lists_the_training_and_data_commands():
     res = subprocess.run([sys.executable, "-m", "vmoba.cli", "--help"], capture_output=True, text=True, check=True)
     assert "train" in res.stdout and "data" in res.stdout

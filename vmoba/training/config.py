@@ -110,7 +110,7 @@ class TrainingSettings:
     resume_from: str | None = None  # latest or a checkpoint folder
     log_every: int = 10
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time; resume later
-    threads: int | None = None  # torch intra-op threads per process on CPU
+    threads: int | None = None  # torch intra-op threads per process (applied by the vmoba train command)
     sequence_parallel: int = 1  # processes that split one clip's tokens (diffusers' context parallelism)
     sequence_parallel_layout: str = "ulysses"  # ulysses, ring or unified (rings of Ulysses pairs)
 

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -111,9 +110,8 @@ def run(config: TrainConfig) -> Path | None:
     precision = t.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
+    # training.threads is applied by the command (vmoba train): a thread count is the whole process's setting
     accelerator = Accelerator(mixed_precision=precision)
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(t.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
     main = accelerator.is_main_process
     if t.sequence_parallel not in (1, accelerator.num_processes):
         raise ConfigError(f"{config.source}: training.sequence_parallel {t.sequence_parallel} must be 1 or the number "
