@@ -8,23 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
-from vmoba.pipelines.default import DEFAULT_MAX_SEQUENCE_LENGTH, build_default_pipeline, load_default_pipeline  # noqa: E402
-from vmoba.training import BatchOrder, ConfigError, DataError, config_from_dict, read_clips  # noqa: E402
-from vmoba.training.config import FlowSettings  # noqa: E402
-from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_sigmas, tokenize  # noqa: E402
-from vmoba.training.shapes import write_shapes_dataset  # noqa: E402
-from vmoba.training.state import list_checkpoints  # noqa: E402
-from vmoba.training.trainer import run  # noqa: E402
-from vmoba.video import read_video  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()  # the runs below set one intra-op thread (training.threads)
-    yield
-    torch.set_num_threads(threads)
+from vmoba.pipelines import load_pipeline
+from vmoba.pipelines.default import (DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_VMOBA_CONFIG, build_default_pipeline,
+                                     load_default_pipeline)
+from vmoba.training import BatchOrder, ConfigError, DataError, config_from_dict, read_clips
+from vmoba.training.config import FlowSettings
+from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_sigmas, tokenize
+from vmoba.training.shapes import write_shapes_dataset
+from vmoba.training.state import list_checkpoints
+from vmoba.training.trainer import run
+from vmoba.video import read_video
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +201,10 @@ def test_corrupt_video_stops_the_run_with_its_name_and_keeps_earlier_checkpoints
 
 
 def test_runs_refuse_to_overwrite_checkpoints_or_change_what_resuming_reproduces(tmp_path, data):
-    final = run(_config(tmp_path, data, training={"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2}))
+    threads = torch.get_num_threads()
+    final = run(_config(tmp_path, data, training={"max_steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2,
+                                                  "threads": threads + 1}))
+    assert torch.get_num_threads() == threads  # training.threads is the command's: the library leaves the host's
     assert final == tmp_path / "run/final"
     assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [2, 3]  # keep_checkpoints: 2
     with pytest.raises(ConfigError, match="holds a finished run"):
@@ -235,6 +231,62 @@ def test_runs_never_overwrite_or_append_to_files_they_did_not_write(tmp_path, da
         with pytest.raises(ConfigError, match=r"holds config.json, log.jsonl that vmoba training did not write"):
             run(_config(tmp_path, data, training={"resume_from": resume}))
         assert _digest(foreign) == before
+
+
+def test_a_sequence_parallel_group_must_hold_every_process(tmp_path, data):
+    with pytest.raises(ConfigError, match=r"training.sequence_parallel 2 must be 1 or the number of processes \(1\)"):
+        run(_config(tmp_path, data, training={"sequence_parallel": 2}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_fine_tunes_of_the_default_architecture_keep_its_attention_config(tmp_path):
+    from vmoba import VMoBAConfig
+    from vmoba.pipelines.default import DEFAULT_VMOBA_CONFIG
+    from vmoba.training.models import vmoba_config
+
+    def folder(name: str, pipeline: str, record: dict | None = None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+        if record is not None:
+            (path / "training.json").write_text(json.dumps(record))
+        return path
+
+    def resolved(pretrained, **vmoba) -> VMoBAConfig:
+        return vmoba_config(config_from_dict({"model": {"pretrained": str(pretrained)},
+                                              "attention": {"vmoba": vmoba}, "data": {"root": "d"},
+                                              "training": {"output_dir": "o", "max_steps": 1}}))
+
+    # the default model's grids are a few blocks wide: Wan 480p blocks would leave nothing to select
+    assert DEFAULT_VMOBA_CONFIG != VMoBAConfig()
+    assert resolved("default") == DEFAULT_VMOBA_CONFIG
+    assert resolved(folder("tuned", "VMoBAWanPipeline")) == DEFAULT_VMOBA_CONFIG
+    assert resolved(folder("wan", "WanPipeline")) == VMoBAConfig()
+    # an export's recorded config wins, and the YAML's fields go on top of it
+    recorded = DEFAULT_VMOBA_CONFIG.replace(threshold=0.4, st_chunk=(1, 2, 2))
+    export = folder("export", "VMoBAWanPipeline", {"config": {}, "vmoba_config": recorded.to_dict()})
+    assert resolved(export) == recorded
+    assert resolved(export, threshold=0.3) == recorded.replace(threshold=0.3)
+    broken = folder("broken", "VMoBAWanPipeline", {"vmoba_config": {"thresh": 0.4}})
+    with pytest.raises(ConfigError, match="model.pretrained: .*broken/training.json: the recorded vmoba_config"):
+        resolved(broken)
+
+
+def test_pretrained_folders_that_do_not_load_are_named(tmp_path, data):
+    from vmoba.training.models import load_pipeline as load_training_pipeline
+
+    def config(pretrained):
+        return _config(tmp_path, data, model={"pretrained": str(pretrained), "from_scratch": False})
+
+    with pytest.raises(ConfigError, match=r"test.yaml: model.pretrained: .*missing: no such folder"):
+        load_training_pipeline(config(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"model.pretrained: .*empty: not a pipeline folder \(no model_index.json"):
+        load_training_pipeline(config(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"model.pretrained: .*model_index.json: the pipeline index is not valid JSON"):
+        load_training_pipeline(config(tmp_path / "broken"))
 
 
 # -- cache, validation, export ----------------------------------------------------------------------------
@@ -288,6 +340,9 @@ def test_exported_pipeline_loads_with_its_text_length_and_ema_weights(tmp_path, 
     assert pipe.vmoba_trained and pipe.config.max_sequence_length == DEFAULT_MAX_SEQUENCE_LENGTH
     report = json.loads((final / "training.json").read_text())
     assert report["steps"] == 3 and len(report["weights_sha256_per_process"]) == 1
+    # the attention config the run used is recorded, and sampling reads it back
+    assert report["vmoba_config"] == DEFAULT_VMOBA_CONFIG.to_dict()
+    assert load_pipeline(final).vmoba_defaults.vmoba_config == DEFAULT_VMOBA_CONFIG
     # no file of the export names the folder a component was loaded from
     assert not [p for p in final.rglob("*.json") if "_name_or_path" in p.read_text()]
     # the exported weights are the EMA average, which after 3 steps differs from the last iterate

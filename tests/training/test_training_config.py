@@ -64,6 +64,9 @@ def test_minimal_config_and_defaults():
     ("training.learning_rate", float("nan"), "training.learning_rate must be a finite number, got nan"),
     ("training.max_minutes", float("inf"), "training.max_minutes must be a finite number, got inf"),
     ("training.batch_size", True, "training.batch_size must be an integer"),
+    ("training.sequence_parallel", 0, "training.sequence_parallel must be > 0"),
+    ("training.sequence_parallel_layout", "mesh", "training.sequence_parallel_layout must be one of ulysses, ring, "
+                                                  "unified"),
 ])
 def test_bad_fields_are_named(path, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -96,6 +99,12 @@ def test_combinations_that_cannot_run():
         config_from_dict(cached_random)
     with pytest.raises(ConfigError, match="data.cache_dir holds VAE latents"):
         config_from_dict({**_with("data.cache_dir", "cache"), "task": "autoencoder"})
+    with pytest.raises(ConfigError, match="training.sequence_parallel splits the transformer's sequence"):
+        config_from_dict({**_with("training.sequence_parallel", 2), "task": "autoencoder"})
+    odd_unified = _with("training.sequence_parallel", 3)
+    odd_unified["training"]["sequence_parallel_layout"] = "unified"
+    with pytest.raises(ConfigError, match="training.sequence_parallel must be even"):
+        config_from_dict(odd_unified)
 
 
 def test_yaml_file_paths_are_relative_to_the_file(tmp_path):
@@ -131,6 +140,29 @@ def test_cli_reports_a_bad_config_and_writes_nothing(tmp_path):
         assert res.returncode == 2
         assert "bad.yaml: training.batch_size must be > 0, got -2" in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_the_command_applies_training_threads_and_the_library_leaves_them(tmp_path, monkeypatch):
+    import torch
+
+    import vmoba.cli.train as train_command
+    from vmoba.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_command, "run_training", lambda config: seen.append(torch.get_num_threads()))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    path = tmp_path / "train.yaml"
+    try:
+        for threads in (3, 1):
+            path.write_text(yaml.safe_dump(_with("training.threads", threads)))
+            assert main(["train", "--config", str(path)]) == 0
+        torch.set_num_threads(2)
+        path.write_text(yaml.safe_dump(MINIMAL))  # no setting: the process keeps its own
+        assert main(["train", "--config", str(path)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 1, 2]
 
 
 def test_cli_lists_the_training_and_data_commands():

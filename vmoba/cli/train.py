@@ -36,7 +36,9 @@ def run_train_video(args: argparse.Namespace) -> int:
     """Fine-tune in this process; ``accelerate launch -m vmoba.train`` runs the same on several."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_training(load_config(args.config))
+        config = load_config(args.config)
+        set_threads(config.training.threads)  # process-wide, so the command's to make, not the library's
+        run_training(config)
     except (ConfigError, DataError, FileExistsError) as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -110,7 +110,9 @@ class TrainingSettings:
     resume_from: str | None = None  # latest or a checkpoint folder
     log_every: int = 10
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time; resume later
-    threads: int | None = None  # torch intra-op threads per process on CPU
+    threads: int | None = None  # torch intra-op threads per process (applied by the vmoba train command)
+    sequence_parallel: int = 1  # processes that split one clip's tokens (diffusers' context parallelism)
+    sequence_parallel_layout: str = "ulysses"  # ulysses, ring or unified (rings of Ulysses pairs)
 
 
 @dataclass
@@ -366,6 +368,13 @@ def _check(c: TrainConfig) -> None:
     positive("training.keep_checkpoints", t.keep_checkpoints)
     positive("training.max_minutes", t.max_minutes)
     positive("training.threads", t.threads)
+    positive("training.sequence_parallel", t.sequence_parallel)
+    choice("training.sequence_parallel_layout", t.sequence_parallel_layout, ("ulysses", "ring", "unified"))
+    if t.sequence_parallel > 1 and c.task != "text_to_video":
+        fail("training.sequence_parallel", f"splits the transformer's sequence; task {c.task!r} has none: remove it")
+    if t.sequence_parallel_layout == "unified" and t.sequence_parallel % 2:
+        fail("training.sequence_parallel", f"must be even with sequence_parallel_layout: unified (rings of Ulysses "
+             f"pairs), got {t.sequence_parallel}")
 
     v = c.validation
     positive("validation.every", v.every, zero=True)

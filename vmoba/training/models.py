@@ -49,6 +49,7 @@ def load_vae(config: TrainConfig):
 def load_pipeline(config: TrainConfig):
     """The pipeline whose transformer (and text encoder) the text-to-video task trains."""
     from ..pipelines.default import build_default_pipeline, load_default_pipeline
+    from ..pipelines.loading import load_pipeline as load_pipeline_folder  # it imports this module
     from ..processors.families import model_family
 
     m = config.model
@@ -62,20 +63,13 @@ def load_pipeline(config: TrainConfig):
                 logger.warning("the embedded default model has no trained weights installed: training from its "
                                "seeded random weights")
     else:
-        path = Path(m.pretrained)
-        index = path / "model_index.json"
-        if not index.is_file():
-            raise ConfigError(f"{config.source}: model.pretrained {path} is not a diffusers pipeline folder "
-                              f"(no model_index.json); give 'default' or a local Wan pipeline folder")
         try:
-            if json.loads(index.read_text()).get("_class_name") == "VMoBAWanPipeline":
-                pipe = load_default_pipeline(path)
-            else:
-                from diffusers import DiffusionPipeline
-
-                pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
-        except Exception as exc:
-            raise ConfigError(f"{config.source}: model.pretrained: cannot load the pipeline at {path}: {exc}") from exc
+            pipe = load_pipeline_folder(m.pretrained)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{config.source}: model.pretrained: {exc}; give 'default' or a local Wan pipeline "
+                              f"folder") from None
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: model.pretrained: {exc}") from exc
         if m.from_scratch:
             for name in m.train:
                 pipe.register_modules(**{name: _reinitialise(getattr(pipe, name), seed)})
@@ -108,12 +102,45 @@ def max_sequence_length(config: TrainConfig, pipe) -> int:
     return int(pipe.config.get("max_sequence_length", 512) or 512)
 
 
-def vmoba_config(config: TrainConfig):
-    """The VMoBAConfig for training: the model's inference default, with the YAML's fields on top."""
-    from ..config import VMoBAConfig
-    from ..pipelines.default import DEFAULT_VMOBA_CONFIG
+def _folder_json(path: Path) -> dict:
+    """A JSON object file of a pretrained folder, or {} when it is missing or not one (the pipeline loader
+    reports malformed folders; here they only mean no recorded attention config)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
-    base = DEFAULT_VMOBA_CONFIG if config.model.pretrained == "default" else VMoBAConfig()
+
+def base_vmoba_config(pretrained: str):
+    """The `VMoBAConfig` a model is sampled and fine-tuned with before the YAML's fields: the one a ``vmoba
+    train`` export records (its training.json), else `DEFAULT_VMOBA_CONFIG` for the default model's
+    architecture (``"default"`` or a `VMoBAWanPipeline` folder: its small grids need small blocks), else
+    `VMoBAConfig()` (Wan 480p blocks)."""
+    from ..config import VMoBAConfig
+    from ..pipelines.default import DEFAULT_VMOBA_CONFIG, VMoBAWanPipeline
+
+    if pretrained == "default":
+        return DEFAULT_VMOBA_CONFIG
+    folder = Path(pretrained)
+    recorded = _folder_json(folder / "training.json").get("vmoba_config")
+    if isinstance(recorded, dict):
+        try:
+            return VMoBAConfig.from_dict(recorded)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{folder / 'training.json'}: the recorded vmoba_config is not a valid VMoBAConfig: "
+                             f"{exc}") from None
+    if _folder_json(folder / "model_index.json").get("_class_name") == VMoBAWanPipeline.__name__:
+        return DEFAULT_VMOBA_CONFIG
+    return VMoBAConfig()
+
+
+def vmoba_config(config: TrainConfig):
+    """The VMoBAConfig for training: the model's own (`base_vmoba_config`), with the YAML's fields on top."""
+    try:
+        base = base_vmoba_config(config.model.pretrained)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: model.pretrained: {exc}") from None
     return base.replace(**config.attention.vmoba) if config.attention.vmoba else base
 
 

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..checks import atomic_directory, atomic_output
+from ..parallel.training import data_parallel_rank, enable_sequence_parallel, loss_scale
 from .config import ConfigError, TrainConfig
 from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
 from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
@@ -88,7 +88,8 @@ def _resume_target(config: TrainConfig, out: Path) -> Path | None:
 
 def _identity(config: TrainConfig, world_size: int, dataset_size: int) -> dict:
     t = config.training
-    return {"task": config.task, "world_size": world_size, "batch_size": t.batch_size,
+    return {"task": config.task, "world_size": world_size, "sequence_parallel": t.sequence_parallel,
+            "sequence_parallel_layout": t.sequence_parallel_layout, "batch_size": t.batch_size,
             "gradient_accumulation_steps": t.gradient_accumulation_steps, "seed": t.seed,
             "dataset_size": dataset_size, "data": config.fingerprint("data"),
             "model": config.fingerprint("model", "attention")}
@@ -109,10 +110,16 @@ def run(config: TrainConfig) -> Path | None:
     precision = t.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
+    # training.threads is applied by the command (vmoba train): a thread count is the whole process's setting
     accelerator = Accelerator(mixed_precision=precision)
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(t.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
     main = accelerator.is_main_process
+    if t.sequence_parallel not in (1, accelerator.num_processes):
+        raise ConfigError(f"{config.source}: training.sequence_parallel {t.sequence_parallel} must be 1 or the number "
+                          f"of processes ({accelerator.num_processes}): every process joins the one group that splits "
+                          f"each clip")
+    # the processes of a sequence-parallel group train on the same clips with the same noise
+    data_rank, data_world = data_parallel_rank(accelerator.process_index, accelerator.num_processes,
+                                               t.sequence_parallel)
     resume = _resume_target(config, out)
     clips = read_clips(config.data.root, config.data.captions, exclude=(t.output_dir, config.data.cache_dir))
 
@@ -141,7 +148,8 @@ def run(config: TrainConfig) -> Path | None:
         if main:
             print(f"resumed from {resume} at step {state.step}", flush=True)
 
-    order = BatchOrder(len(dataset), t.batch_size, accelerator.num_processes, t.seed)
+    order = BatchOrder(len(dataset), t.batch_size, data_world, t.seed)
+    scale = loss_scale(t.sequence_parallel)  # the group's partial gradients add up; data parallelism averages
     accum = t.gradient_accumulation_steps
     processors = task["processors"]
     log_path = out / "log.jsonl"
@@ -163,15 +171,15 @@ def run(config: TrainConfig) -> Path | None:
             group["lr"] = lr
         for micro in range(accum):
             micro_step = step * accum + micro
-            seed = step_seed(t.seed, micro_step, accelerator.process_index)
+            seed = step_seed(t.seed, micro_step, data_rank)
             generator = torch.Generator().manual_seed(seed)
             rng = np.random.default_rng(seed)
-            items = [dataset.sample(i, rng) for i in order.indices(micro_step, accelerator.process_index)]
+            items = [dataset.sample(i, rng) for i in order.indices(micro_step, data_rank)]
             batch = _to_device(collate(items), accelerator.device)
             sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync:
                 loss = model(batch, generator)
-                accelerator.backward(loss / accum)
+                accelerator.backward(loss * scale / accum)
             window.append(loss.detach().float())
         if t.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -227,12 +235,14 @@ def run(config: TrainConfig) -> Path | None:
     if config.validation.prompts or config.task == "autoencoder":
         _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
     if main:
+        # the attention config the processors used, so sampling and later fine-tunes need not re-derive it
+        used = {"vmoba_config": task["vmoba_config"].to_dict()} if task.get("vmoba_config") is not None else {}
         with atomic_directory(final) as partial:
             task["export"](partial)
             (partial / "training.json").write_text(json.dumps(
                 {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
                  "weights_sha256_per_process": digests,
-                 "minutes_this_run": round((time.time() - start_time) / 60, 2)}, indent=1))
+                 "minutes_this_run": round((time.time() - start_time) / 60, 2), **used}, indent=1))
         print(f"saved {final} after {state.step} steps", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -288,6 +298,8 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     processors = prepare_transformer(config, pipe)
     train_te = "text_encoder" in config.model.train
     pipe.transformer.to(device)
+    if t.sequence_parallel > 1:  # after the attention processors are installed, before accelerator.prepare
+        enable_sequence_parallel(pipe.transformer, t.sequence_parallel, t.sequence_parallel_layout)
     # frozen parts run in the mixed-precision dtype; .to(dtype) only when it changes (diffusers warns otherwise)
     for module, dtype in ((pipe.text_encoder, torch.float32 if train_te else weight_dtype), (pipe.vae, weight_dtype)):
         module.to(device) if dtype == module.dtype else module.to(device, dtype)
@@ -306,8 +318,9 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
                               empty_embeds=empty)
+    used = next(iter(processors.values())).config if processors else None
     return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
-            "export": lambda path: export_pipeline(config, pipe, path, msl)}
+            "vmoba_config": used, "export": lambda path: export_pipeline(config, pipe, path, msl)}
 
 
 def _attention_as_identity(*blocks) -> None:
@@ -336,17 +349,20 @@ def _warn_unknown_words(tokenizer, clips) -> None:
 
 @torch.no_grad()
 def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, folder: Path) -> None:
-    """Validation videos from the main process (EMA weights when EMA is on); the others wait."""
+    """Validation videos from the main process (EMA weights when EMA is on); the others wait, except under
+    sequence parallelism, where every process runs its share of the transformer and the main one writes."""
     from ..video import to_uint8, write_video
 
     v = config.validation
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main or (config.training.sequence_parallel > 1 and config.task != "autoencoder"):
         context = ema.applied(trainable) if ema is not None else contextlib.nullcontext()
         task["module"].eval()
         if "pipe" in task:
             task["pipe"].set_progress_bar_config(disable=True)
         with context, accelerator.autocast():
-            folder.mkdir(parents=True, exist_ok=True)
+            if main:
+                folder.mkdir(parents=True, exist_ok=True)
             if config.task == "autoencoder":
                 vae, dataset = task["vae"], task["dataset"]
                 for i in range(min(v.clips, len(dataset))):
@@ -362,6 +378,8 @@ def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, fold
                     frames = pipe(prompt, height=d.height, width=d.width, num_frames=d.num_frames,
                                   num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
                                   generator=generator, max_sequence_length=task["msl"], output_type="np").frames[0]
+                    if not main:
+                        continue
                     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60]
                     with atomic_output(folder / f"{i:02d}-{slug}.mp4") as partial:
                         write_video(partial, frames, fps=v.fps, overwrite=True)
