@@ -46,7 +46,7 @@ def test_generate_samples_an_export_with_its_training_settings(tmp_path):
     res = _vmoba("generate", "a red circle moves right", "--model", str(folder), "--out", "clip.mp4", "--steps", "1",
                  cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert f"threshold 0.1, token; settings of {folder / 'training.json'}" in res.stdout, res.stdout
+    assert f"threshold 0.1, auto; settings of {folder / 'training.json'}" in res.stdout, res.stdout
     assert read_video(tmp_path / "clip.mp4").shape == (5, 32, 32, 3)  # the training size, not 64x64x17
     density = float(re.search(r"mean density ([0-9.]+)", res.stdout).group(1))
 
