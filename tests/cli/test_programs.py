@@ -70,6 +70,17 @@ def test_training_options_document_the_library_defaults(program, settings):
             assert option.default is None  # not given: not passed, the class decides
 
 
+def test_data_shapes_force_help_names_the_manifest():
+    """--force replaces only what an earlier run recorded (vmoba.training.shapes.MANIFEST): the help says so."""
+    from vmoba.training.shapes import MANIFEST
+
+    parser = cli.build_parser()
+    for name in ("data", "shapes"):
+        parser = next(a for a in parser._actions if a.choices and name in a.choices).choices[name]
+    force = next(a for a in parser._actions if a.dest == "force")
+    assert MANIFEST in force.help and "unchanged" in force.help
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "events", "--out", "o", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
     (["train", "events", "--out", "o", "--frames", "2", "--denoised-frames", "3"], "denoised_frames must be <= 2"),

@@ -205,7 +205,9 @@ def _add_data(sub) -> None:
     shapes.add_argument("--seed", type=natural_int, default=0)
     shapes.add_argument("--fps", type=positive_int, default=8)
     shapes.add_argument("--force", action="store_true",
-                        help="write into a non-empty folder (replaces the clips a previous run listed there)")
+                        help="write into a non-empty folder: replaces only files an earlier 'vmoba data shapes' wrote "
+                             "there and that are unchanged (recorded in .vmoba-shapes-manifest.jsonl); anything "
+                             "else in the way stops the command")
     shapes.set_defaults(run="data:run_data_shapes")
 
 
