@@ -42,9 +42,23 @@ def test_env_prints_versions_devices_and_triton_status(tmp_path):
 def test_demo_hands_its_options_to_the_app(monkeypatch):
     received = []
     monkeypatch.setattr(vmoba.ui, "main", lambda argv: received.append(argv) or 0, raising=False)
-    assert cli.main(["demo", "--port", "7861", "--models-dir", "models"]) == 0
+    assert cli.main(["demo", "--port", "7861", "--models-dir", "models", "--threads", "2"]) == 0
     assert cli.main(["demo"]) == 0
-    assert received == [["--port", "7861", "--models-dir", "models"], []]
+    assert received == [["--host", "127.0.0.1", "--port", "7861", "--models-dir", "models", "--threads", "2"],
+                        ["--host", "127.0.0.1", "--threads", "1"]]
+    # both parsers are one: what `vmoba demo` accepts, `python -m vmoba.ui` accepts, with the same meaning
+    for argv in received:
+        vars(vmoba.ui.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "70000"], "argument --port: must be <= 65535, got 70000"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+])
+def test_demo_refuses_bad_options_like_the_app(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_demo_without_the_app_says_so(monkeypatch, capsys):
