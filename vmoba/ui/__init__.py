@@ -6,6 +6,7 @@ line and serves it until interrupted."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..cli.arguments import add_demo_options
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"vmoba demo: error: {exc}", file=sys.stderr)
         return 2
+    # a service manager's SIGTERM stops the demo as Ctrl+C does, so close_app still removes its temporary files
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
-        launch(demo, host=args.host, port=args.port)
+        _, url, _ = launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, quiet=True)
+        print(f"vmoba demo: serving on {url} (Ctrl+C stops it)", flush=True)
+        demo.block_thread()  # returns on Ctrl+C
     except KeyboardInterrupt:
         pass
     finally:
