@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, print_table, rel_l2, structured_qkv, time_call, write_json  # noqa: E402
+from common import (  # noqa: E402
+    machine_info, peak_rss_mib, print_table, rel_l2, spawn, structured_qkv, time_call, write_json)
 
 ATTENTION_SHAPES = [  # (name, grid, heads, head_dim)
     ("4k", (5, 24, 34), 12, 128),
@@ -39,16 +38,6 @@ ATTENTION_SHAPES = [  # (name, grid, heads, head_dim)
 ]
 SELECTION_GRID, SELECTION_HEADS, SELECTION_DIM = (20, 30, 52), 12, 128
 PUBLISHED_SELECTION = {"2d": (3.8, 2.9), "3d": (11.7, 6.0)}  # seconds, GB on a 2-core CPU
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM) to the current RSS
-        f.write("5")
 
 
 def run_case(case: dict) -> dict:
@@ -69,10 +58,7 @@ def run_case(case: dict) -> dict:
         part = vmoba.get_partition(case["grid"], scheme, cfg.chunk_for_scheme(scheme))
         fn = lambda: compute_selection(q, k, part, cfg, scheme)  # noqa: E731
     if case.get("measure") == "memory":
-        _reset_peak_rss()
-        before = _status_kib("VmRSS")
-        fn()
-        return dict(peak_mib=(_status_kib("VmHWM") - before) / 1024)
+        return dict(peak_mib=peak_rss_mib(fn))
     t0 = time.perf_counter()
     result = fn()
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -90,20 +76,9 @@ def run_case(case: dict) -> dict:
     return out
 
 
-def _run_child(case: dict, env: dict) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-    if res.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def spawn(case: dict) -> dict:
-    """Time in one fresh process, peak memory in another (see the module docstring)."""
-    out = _run_child(case, {})
-    memory_case = {k: v for k, v in case.items() if k not in ("save", "reference")}
-    out.update(_run_child({**memory_case, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}))
-    return out
+def measure(case: dict) -> dict:
+    """Time and peak memory of one case; the memory run neither saves nor compares the output."""
+    return spawn(__file__, case, time_only=("save", "reference"))
 
 
 def main():
@@ -125,7 +100,7 @@ def main():
             S = math.prod(grid)
             inputs, dense_out = f"{tmp}/{name}.pt", f"{tmp}/{name}_dense.pt"
             torch.save(structured_qkv(1, grid, heads, dim, sharpness=2.0), inputs)
-            dense = spawn(dict(kind="dense", inputs=inputs, save=dense_out, repeat=repeat))
+            dense = measure(dict(kind="dense", inputs=inputs, save=dense_out, repeat=repeat))
             logits_mib = S * S * heads * 4 / 2**20
             results["attention"].append(dict(shape=name, tokens=S, grid=grid, heads=heads, head_dim=dim, method="sdpa",
                                              ms=dense["ms"], peak_mib=dense["peak_mib"], dense_logits_mib=logits_mib))
@@ -133,7 +108,7 @@ def main():
                   flush=True)
             for layer in range(3):
                 for granularity in ("token", "tile"):
-                    r = spawn(dict(kind="vmoba", inputs=inputs, reference=dense_out, grid=grid, layer=layer,
+                    r = measure(dict(kind="vmoba", inputs=inputs, reference=dense_out, grid=grid, layer=layer,
                                    granularity=granularity, repeat=repeat))
                     row = dict(shape=name, tokens=S, grid=grid, heads=heads, head_dim=dim, method="vmoba",
                                granularity=granularity, speedup=dense["ms"] / r["ms"], dense_logits_mib=logits_mib, **r)
@@ -152,7 +127,7 @@ def main():
             torch.save(qkv, inputs)
             del qkv
             for layer in range(3):
-                r = spawn(dict(kind="select", inputs=inputs, grid=sel_grid, layer=layer, repeat=repeat))
+                r = measure(dict(kind="select", inputs=inputs, grid=sel_grid, layer=layer, repeat=repeat))
                 scheme = ("1d", "2d", "3d")[layer]
                 pub = PUBLISHED_SELECTION.get(scheme)
                 row = dict(grid=sel_grid, heads=sel_heads, head_dim=sel_dim, data=data, scheme=scheme, **r,

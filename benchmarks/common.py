@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: structured inputs, timing, machine description, JSON output."""
+"""Shared helpers of the benchmark scripts: structured inputs, timing, peak memory, cases in fresh processes,
+machine description, JSON output."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +35,38 @@ def time_call(fn, *, warmup=1, repeat=3, sync=None):
             sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_rss_mib(fn) -> float:
+    """Resident memory in MiB that ``fn()`` adds at its peak: VmHWM after resetting it to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM) to the current RSS
+        f.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def run_child(script, case: dict, env: dict | None = None) -> dict:
+    """``python SCRIPT --case JSON`` in a fresh process; the dict its last output line holds."""
+    res = subprocess.run([sys.executable, str(script), "--case", json.dumps(case)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    if res.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def spawn(script, case: dict, *, time_only=()) -> dict:
+    """Time ``case`` in one fresh process and its peak memory (``measure="memory"``) in another, with glibc's mmap
+    threshold fixed so freed buffers go back to the system; ``time_only``: keys of ``case`` the memory run drops."""
+    out = run_child(script, case)
+    memory_case = {k: v for k, v in case.items() if k not in time_only}
+    out.update(run_child(script, {**memory_case, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}))
+    return out
 
 
 def machine_info():

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_cpu import _reset_peak_rss, _status_kib  # noqa: E402
-from common import machine_info, print_table, time_call, write_json  # noqa: E402
+from common import machine_info, peak_rss_mib, print_table, spawn, time_call, write_json  # noqa: E402
 
 import vmoba  # noqa: E402
 
@@ -57,10 +54,7 @@ def run_case(case: dict) -> dict:
             memory_budget_mb=case["budget_mb"])
     with torch.no_grad():
         if case.get("measure") == "memory":
-            _reset_peak_rss()
-            before = _status_kib("VmRSS")
-            fn()
-            return dict(peak_mib=(_status_kib("VmHWM") - before) / 1024)
+            return dict(peak_mib=peak_rss_mib(fn))
         t0 = time.perf_counter()
         fn()
         first_ms = (time.perf_counter() - t0) * 1e3
@@ -68,21 +62,6 @@ def run_case(case: dict) -> dict:
         if case["kind"] == "vmoba":
             out["density"] = vmoba.vmoba_attention(q, k, v, grid, case["layer"], cfg, return_stats=True)[1].density
         return out
-
-
-def _run_child(case: dict, env: dict) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-    if res.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def spawn(case: dict) -> dict:
-    """Time in one fresh process, peak memory in another (see the module docstring)."""
-    out = _run_child(case, {})
-    out.update(_run_child({**case, "measure": "memory"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}))
-    return out
 
 
 def cases(text_len):
@@ -117,7 +96,7 @@ def main():
     rows = []
     for name, case in cases(text_len):
         case = dict(case, grid=list(grid), repeat=args.repeat, threads=args.threads)
-        r = dict(name=name, tokens=math.prod(grid) + case.get("text_len", 0), **spawn(case))
+        r = dict(name=name, tokens=math.prod(grid) + case.get("text_len", 0), **spawn(__file__, case))
         r["recurrence"], r["budget_mb"] = case.get("recurrence"), case.get("budget_mb")
         rows.append(r)
         print(f"{name}: {r['ms']:.0f} ms, peak +{r['peak_mib']:.0f} MiB", flush=True)

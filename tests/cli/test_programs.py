@@ -42,9 +42,23 @@ def test_env_prints_versions_devices_and_triton_status(tmp_path):
 def test_demo_hands_its_options_to_the_app(monkeypatch):
     received = []
     monkeypatch.setattr(vmoba.ui, "main", lambda argv: received.append(argv) or 0, raising=False)
-    assert cli.main(["demo", "--port", "7861", "--models-dir", "models"]) == 0
+    assert cli.main(["demo", "--port", "7861", "--models-dir", "models", "--threads", "2"]) == 0
     assert cli.main(["demo"]) == 0
-    assert received == [["--port", "7861", "--models-dir", "models"], []]
+    assert received == [["--host", "127.0.0.1", "--port", "7861", "--models-dir", "models", "--threads", "2"],
+                        ["--host", "127.0.0.1", "--threads", "1"]]
+    # both parsers are one: what `vmoba demo` accepts, `python -m vmoba.ui` accepts, with the same meaning
+    for argv in received:
+        vars(vmoba.ui.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "70000"], "argument --port: must be <= 65535, got 70000"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+])
+def test_demo_refuses_bad_options_like_the_app(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_demo_without_the_app_says_so(monkeypatch, capsys):
@@ -68,6 +82,17 @@ def test_training_options_document_the_library_defaults(program, settings):
             shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else str(field.default)
             assert f"(default {shown})" in option.help, (field.name, option.help)
             assert option.default is None  # not given: not passed, the class decides
+
+
+def test_data_shapes_force_help_names_the_manifest():
+    """--force replaces only what an earlier run recorded (vmoba.training.shapes.MANIFEST): the help says so."""
+    from vmoba.training.shapes import MANIFEST
+
+    parser = cli.build_parser()
+    for name in ("data", "shapes"):
+        parser = next(a for a in parser._actions if a.choices and name in a.choices).choices[name]
+    force = next(a for a in parser._actions if a.dest == "force")
+    assert MANIFEST in force.help and "unchanged" in force.help
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -39,27 +39,37 @@ def test_missing_models_folder_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_module_serves_the_page_on_the_environment_port():
+def test_module_serves_the_page_on_the_environment_port(tmp_path):
+    """... says where once it serves, and a SIGTERM (what a service manager sends) still removes the demo's
+    temporary folder."""
     port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), PYTHONPATH=str(ROOT))
-    server = subprocess.Popen([sys.executable, "-m", "vmoba.ui"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path))
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "vmoba.ui"], env=env, stdout=sink, stderr=subprocess.STDOUT)
     start = time.perf_counter()
     try:
         page = None
+        # the page can answer a moment before the start-up line is printed: wait for both
         while time.perf_counter() - start < 180 and server.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                    page = response.read().decode()
+                if page is None:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                        page = response.read().decode()
+                if "serving on" in log.read_text():
                     break
             except OSError:
-                time.sleep(0.3)
-        assert page is not None, server.stdout.read().decode() if server.poll() is not None else "no page"
+                pass
+            time.sleep(0.3)
+        assert page is not None, log.read_text()
         assert "vmoba: sparse attention for video diffusion" in page
+        assert f"serving on http://127.0.0.1:{port}" in log.read_text()
         print(f"served after {time.perf_counter() - start:.1f} s")
+        assert list(tmp_path.glob("vmoba-demo-*"))  # the folder whose removal is checked below
     finally:
         server.terminate()
         server.wait(30)
+    assert not list(tmp_path.glob("vmoba-demo-*")), log.read_text()
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ fraction = _argument(float, lambda v: checks.real("value", v, min=0.0, max=1.0),
 finite = _argument(float, lambda v: checks.real("value", v), "a finite number")
 positive_real = _argument(float, lambda v: checks.real("value", v, min=0.0, min_exclusive=True), "a number > 0")
 nonnegative_real = _argument(float, lambda v: checks.real("value", v, min=0.0), "a number >= 0")
+port = _argument(int, lambda v: checks.integer("value", v, min=1, max=65535), "a port number")
 
 
 def grid(text: str) -> tuple[int, int, int]:
@@ -54,6 +55,19 @@ def grid(text: str) -> tuple[int, int, int]:
 
 def add_threads_option(parser: argparse.ArgumentParser, default_help: str) -> None:
     parser.add_argument("--threads", type=positive_int, help=f"CPU threads for PyTorch (default: {default_help})")
+
+
+def add_demo_options(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, the same for ``vmoba demo`` and ``python -m vmoba.ui``."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
+    parser.add_argument("--port", type=port, default=None,
+                        help="port (default: GRADIO_SERVER_PORT, else Gradio's default 7860)")
+    parser.add_argument("--models-dir", default=None,
+                        help="folder of diffusers pipeline folders to offer besides the embedded model")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="PyTorch CPU threads (default 1: the embedded models are tiny, and a second thread "
+                             "only adds synchronisation)")
 
 
 def output_file(path: str, force: bool, *, what: str = "--out", suffix: str | None = None) -> Path:

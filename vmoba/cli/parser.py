@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import (add_threads_option, finite, fraction, grid, natural_int, nonnegative_real, positive_int,
-                        positive_real)
+from .arguments import (add_demo_options, add_threads_option, finite, fraction, grid, natural_int, nonnegative_real,
+                        positive_int, positive_real)
 
 ATTENTION_MODES = ("vmoba", "dense", "crisscross")
 
@@ -205,7 +205,9 @@ def _add_data(sub) -> None:
     shapes.add_argument("--seed", type=natural_int, default=0)
     shapes.add_argument("--fps", type=positive_int, default=8)
     shapes.add_argument("--force", action="store_true",
-                        help="write into a non-empty folder (replaces the clips a previous run listed there)")
+                        help="write into a non-empty folder: replaces only files an earlier 'vmoba data shapes' wrote "
+                             "there and that are unchanged (recorded in .vmoba-shapes-manifest.jsonl); anything "
+                             "else in the way stops the command")
     shapes.set_defaults(run="data:run_data_shapes")
 
 
@@ -216,9 +218,7 @@ def _add_demo(sub) -> None:
         description="Start the Gradio demo app (the same as python -m vmoba.ui). Needs the demo extra: "
         "pip install 'vmoba[demo]'.",
     )
-    demo.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    demo.add_argument("--port", type=positive_int, help="port (default: GRADIO_SERVER_PORT, else Gradio's)")
-    demo.add_argument("--models-dir", help="folder whose pipeline folders the app offers as models")
+    add_demo_options(demo)
     demo.set_defaults(run="demo:run_demo")
 
 

@@ -1,9 +1,14 @@
 """Event cameras: streams, files, dense representations, an ESIM-style simulator and the event conditioner.
 
 Timestamps are float64 seconds throughout; integer microseconds come in through ``time_unit="us"``.
+
+The readers, representations and simulator load only NumPy and PyTorch; ``EventResidualConditioner`` (a diffusers
+model) and the ``conditioner``, ``data`` and ``evaluate`` modules are imported the first time they are used.
 """
 
-from .conditioner import EventResidualConditioner
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 from .io import FORMATS, detect_format, iter_event_windows, read_events, write_events
 from .representations import (
     events_to_frame,
@@ -31,3 +36,9 @@ __all__ = [
     "simulate_events",
     "write_events",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), ("conditioner", "data", "evaluate"),
+                                       {"EventResidualConditioner": "conditioner"})
+
+if TYPE_CHECKING:  # what static tools see; at run time the table above resolves the same name
+    from .conditioner import EventResidualConditioner

@@ -6,7 +6,10 @@ line and serves it until interrupted."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+
+from ..cli.arguments import add_demo_options
 
 
 def build_app(models_dir=None, **kwargs):
@@ -16,34 +19,17 @@ def build_app(models_dir=None, **kwargs):
     return build(models_dir, **kwargs)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 1-65535, got {port}")
-    return port
-
-
 def build_parser(prog: str = "vmoba demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Start the vmoba Gradio demo (text to video with "
                                      "dense / VMoBA / criss-cross attention, events to video, motion energy, "
                                      "attention speed).")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
-    parser.add_argument("--port", type=_port, default=None,
-                        help="port (default: GRADIO_SERVER_PORT, else Gradio's default 7860)")
-    parser.add_argument("--models-dir", default=None,
-                        help="folder of diffusers pipeline folders to offer besides the embedded model")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="PyTorch CPU threads (default 1: the embedded models are tiny, and a second thread "
-                             "only adds synchronisation)")
+    add_demo_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (``--host``, ``--port``, ``--models-dir``), build the app and serve it until interrupted."""
+    """Parse ``argv`` (``--host``, ``--port``, ``--models-dir``, ``--threads``), build the app and serve it until
+    interrupted."""
     args = build_parser().parse_args(argv)
     try:
         import gradio  # noqa: F401
@@ -54,17 +40,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import close_app, launch
 
-    if args.threads < 1:
-        print(f"vmoba demo: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
     torch.set_num_threads(args.threads)
     try:
         demo = build_app(args.models_dir)
     except ValueError as exc:
         print(f"vmoba demo: error: {exc}", file=sys.stderr)
         return 2
+    # a service manager's SIGTERM stops the demo as Ctrl+C does, so close_app still removes its temporary files
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
-        launch(demo, host=args.host, port=args.port)
+        _, url, _ = launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, quiet=True)
+        print(f"vmoba demo: serving on {url} (Ctrl+C stops it)", flush=True)
+        demo.block_thread()  # returns on Ctrl+C
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,12 +4,11 @@ Users pick a model by name from a list; a path typed by a user never reaches the
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 from ..config import VMoBAConfig
-from ..pipelines import DEFAULT_VMOBA_CONFIG, load_default_pipeline
+from ..pipelines import DEFAULT_VMOBA_CONFIG, load_pipeline
 
 DEFAULT_MODEL = "embedded default (64x64 moving shapes)"
 
@@ -60,22 +59,17 @@ class ModelRegistry:
             if name in self._loaded:
                 return self._loaded[name]
             if self.is_embedded(name):
-                pipe = load_default_pipeline(quiet=True)
+                pipe = load_pipeline(None)
             else:
                 for other in [k for k in self._loaded if not self.is_embedded(k)]:
                     del self._loaded[other]  # one large model at a time
-                pipe = _load_folder(self.folders()[name], name)
+                folder = self.folders()[name]
+                try:
+                    pipe = load_pipeline(folder)
+                except (FileNotFoundError, ValueError) as exc:
+                    # users know the model by its name; the server's folders stay out of the message
+                    reason = str(exc).replace(str(folder), repr(name))
+                    raise ValueError(f"model {name!r} could not be loaded: {reason}") from None
             self._loaded[name] = pipe
             return pipe
 
-
-def _load_folder(folder: Path, name: str):
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") == "VMoBAWanPipeline":
-        return load_default_pipeline(folder)
-    from diffusers import DiffusionPipeline
-
-    try:
-        return DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # a broken or partial checkpoint: say which and why
-        raise ValueError(f"model {name!r} could not be loaded: {type(exc).__name__}: {exc}") from None

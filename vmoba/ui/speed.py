@@ -5,19 +5,15 @@ each scheme drawn over the grid."""
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from .. import checks
-from ..attention import dense_attention, vmoba_attention
+from ..cli.bench import time_attention_layer
 from ..config import SCHEMES, VMoBAConfig
-from ..crisscross import criss_cross_attention
 from ..partition import partition_blocks
-from ..synthetic import structured_qkv
 from .limits import Limits, whole
 
 
@@ -30,50 +26,29 @@ def check_grid(t: Any, h: Any, w: Any, limits: Limits) -> tuple[int, int, int]:
     return grid
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    fn()  # warm-up: first calls allocate and pick kernels
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best * 1e3
-
-
-def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+_METHOD_NAMES = {"dense": "dense (PyTorch SDPA)", "vmoba": "VMoBA", "crisscross": "criss-cross"}
 
 
 def time_layer(grid: tuple[int, int, int], config: VMoBAConfig, *, heads: int = 2, head_dim: int = 64,
                seed: int = 0, repeats: int = 1, on_progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """Rows {method, scheme, ms, speedup, density, rel_l2}: dense SDPA, VMoBA at layers 0, 1, 2 of the schedule
-    and criss-cross attention, all on the same float32 CPU inputs; the fastest of ``repeats`` timed calls."""
-    q, k, v = structured_qkv(1, grid, heads, head_dim, seed=seed, sharpness=2.0)
-    layers = list(range(min(3, len(config.layer_schedule))))
-    total = 2 + len(layers)
-    done = 0
+    and criss-cross attention, all on the same float32 CPU inputs; the fastest of ``repeats`` timed calls
+    (`time_attention_layer`, the measurement ``vmoba bench`` prints)."""
 
-    def tick(what: str) -> None:
-        nonlocal done
-        done += 1
+    def label(row: dict) -> str:
+        name = _METHOD_NAMES[row["method"]]
+        return f"{name}, layer {row['layer']}" if row["layer"] is not None else name
+
+    def progress(row: dict, done: int, total: int) -> None:
         if on_progress is not None:
-            on_progress(done, total, what)
+            on_progress(done, total, f"VMoBA {row['scheme']}" if row["method"] == "vmoba" else
+                        "criss-cross" if row["method"] == "crisscross" else "dense")
 
-    with torch.no_grad():
-        dense, dense_ms = _timed(lambda: dense_attention(q, k, v), repeats)
-        tick("dense")
-        rows = [dict(method="dense (PyTorch SDPA)", scheme="-", ms=dense_ms, speedup=1.0, density=1.0, rel_l2=0.0)]
-        for layer in layers:
-            (out, stats), ms = _timed(lambda: vmoba_attention(q, k, v, grid, layer, config, return_stats=True), repeats)
-            rows.append(dict(method=f"VMoBA, layer {layer}", scheme=stats.scheme, ms=ms, speedup=dense_ms / ms,
-                             density=float(stats.density), rel_l2=_rel_l2(out, dense)))
-            tick(f"VMoBA {stats.scheme}")
-        out, ms = _timed(lambda: criss_cross_attention(q, k, v, grid), repeats)
-        T, H, W = grid
-        rows.append(dict(method="criss-cross", scheme="lines", ms=ms, speedup=dense_ms / ms,
-                         density=(T + H + W - 2) / (T * H * W), rel_l2=_rel_l2(out, dense)))
-        tick("criss-cross")
-    return rows
+    layers = range(min(3, len(config.layer_schedule)))
+    rows = time_attention_layer(grid, [(layer, config) for layer in layers], heads=heads, head_dim=head_dim, seed=seed,
+                                repeats=repeats, crisscross=True, on_row=progress)
+    return [dict(method=label(r), scheme=r["scheme"], ms=r["ms"], speedup=r["speedup"], density=r["density"],
+                 rel_l2=r["rel_l2"]) for r in rows]
 
 
 def _palette(n: int) -> np.ndarray:
