@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS
+from ui_support import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

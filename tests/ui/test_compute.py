@@ -18,7 +18,7 @@ from vmoba.ui.models import DEFAULT_MODEL, ModelRegistry
 from vmoba.ui.motion_demo import describe
 from vmoba.ui.speed import check_grid, partition_image
 
-from conftest import TEST_LIMITS
+from ui_support import TEST_LIMITS
 
 
 def _record(grid=(3, 4, 4), heads=2, seed=0, layer=2, config=vmoba.VMoBAConfig(st_chunk=(1, 2, 2), spatial_chunk=(2, 2))):

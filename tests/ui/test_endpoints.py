@@ -14,7 +14,7 @@ from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, load_default_pipeline
 from vmoba.ui.attention_view import latent_frame
 from vmoba.video import psnr, read_video
 
-from conftest import DEFAULT_MODEL, moving_square_clip, write_clip
+from ui_support import DEFAULT_MODEL, moving_square_clip, write_clip
 
 pytestmark = pytest.mark.slow
 

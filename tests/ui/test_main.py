@@ -13,7 +13,7 @@ import pytest
 
 from vmoba.ui import build_parser, main
 
-from conftest import free_port
+from ui_support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import checks
-from ..config import SCHEMES, VMoBAConfig
+from ..config import GRANULARITIES, SCHEMES, VMoBAConfig
 from ..processors import CrissCrossAttnProcessor, VMoBAProcessor, disable, enable
 from ..video import psnr
 from .limits import Limits, whole
@@ -70,7 +70,7 @@ def vmoba_config(base: VMoBAConfig, *, threshold: Any, select_mode: Any, thresho
         select_mode=checks.choice("selection mode", select_mode, ("threshold", "topk")),
         threshold_type=checks.choice("selection group", threshold_type, ("query_head", "head_global", "block", "overall")),
         topk=checks.int_tuple("top-k", tuple(whole(k) for k in topk), 3, min=1),
-        granularity=checks.choice("granularity", granularity, ("token", "tile")),
+        granularity=checks.choice("granularity", granularity, GRANULARITIES),
         layer_schedule=schedule,
         temporal_chunk=checks.integer("temporal chunk", whole(temporal_chunk), min=1),
         spatial_chunk=checks.int_tuple("spatial chunk", tuple(whole(k) for k in spatial_chunk), 2, min=1),

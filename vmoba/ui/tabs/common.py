@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ...config import VMoBAConfig
+from ...config import GRANULARITIES, VMoBAConfig
 from ..generation import LAYER_SCHEDULES, vmoba_config
 
 # One generation at a time on a CPU machine, whichever tab it comes from.
@@ -79,7 +79,8 @@ class VMoBAKnobs:
             self.threshold_type = gr.Dropdown(["query_head", "head_global", "block", "overall"],
                                               value=base.threshold_type, label="selection group",
                                               info="query_head: per query and head (the paper's default)")
-            self.granularity = gr.Radio(["token", "tile"], value=base.granularity, label="granularity")
+            self.granularity = gr.Radio(list(GRANULARITIES), value=base.granularity, label="granularity",
+                                        info="auto: tile on GPUs, token on CPUs")
             self.layer_schedule = gr.Dropdown(list(LAYER_SCHEDULES), value=",".join(base.layer_schedule),
                                               allow_custom_value=True, label="layer schedule",
                                               info="scheme of layer i is entry i mod length")
