@@ -136,12 +136,12 @@ def test_force_replaces_its_own_files_but_not_ones_changed_since(tmp_path):
 
 
 def test_a_failed_clip_leaves_the_previous_files_and_stays_replaceable(tmp_path, monkeypatch):
-    import vmoba.video
+    import vmoba.training.shapes as shapes
 
     out = tmp_path / "d"
     write_shapes_dataset(out, count=2, frames=5, size=32)
     before = _tree(out)
-    real = vmoba.video.write_video
+    real = shapes.write_video
     calls = []
 
     def fail_second(path, frames, **kwargs):
@@ -150,7 +150,7 @@ def test_a_failed_clip_leaves_the_previous_files_and_stays_replaceable(tmp_path,
         if len(calls) == 2:
             raise OSError("No space left on device")
 
-    monkeypatch.setattr(vmoba.video, "write_video", fail_second)
+    monkeypatch.setattr(shapes, "write_video", fail_second)
     with pytest.raises(OSError, match="No space"):
         write_shapes_dataset(out, count=2, frames=5, size=32, seed=9, force=True)
     assert _tree(out)["videos/000001.mp4"] == before["videos/000001.mp4"]

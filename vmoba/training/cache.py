@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..checks import atomic_output
 from .data import Clip, DataError, cache_key, load_frames
@@ -60,9 +62,6 @@ def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_set
 
 @torch.no_grad()
 def _encode(indices, cache_dir, clips, vae, d, text, batch_size, device, progress):
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(indices), desc="caching latents", unit="clip", disable=not progress)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]

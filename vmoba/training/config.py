@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+import yaml
+
 from .. import checks
+from ..config import VMoBAConfig
 
 TASKS = ("text_to_video", "autoencoder")
 TRAINABLE = ("transformer", "text_encoder")
@@ -166,7 +169,6 @@ class TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read and check a YAML training configuration."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -307,8 +309,6 @@ def _check(c: TrainConfig) -> None:
 
     choice("attention.mode", c.attention.mode, ("vmoba", "dense"))
     if c.attention.vmoba:
-        from ..config import VMoBAConfig
-
         try:
             VMoBAConfig.from_dict(c.attention.vmoba)
         except (TypeError, ValueError) as exc:

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from ..video import read_video
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 
@@ -102,7 +105,6 @@ def read_frames(path: Path, attempts: int = 3) -> np.ndarray:
     ("Could not load meta information") on a busy machine; such a read is tried again. A broken file fails
     every attempt the same way.
     """
-    from ..video import read_video
 
     for attempt in range(attempts):
         try:
@@ -185,8 +187,6 @@ class CachedLatentDataset(torch.utils.data.Dataset):
     cache folder that `build_latent_cache` wrote."""
 
     def __init__(self, cache_dir: Path, clips: list[Clip], max_sequence_length: int | None = None):
-        from safetensors.torch import load_file
-
         self.cache_dir, self.clips = Path(cache_dir), clips
         self.max_sequence_length = max_sequence_length
         self.items = []

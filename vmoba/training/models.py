@@ -8,7 +8,15 @@ import logging
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan
+from diffusers.video_processor import VideoProcessor
 
+import vmoba
+
+from ..config import VMoBAConfig
+from ..pipelines.default import (_VAE, DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, build_default_pipeline,
+                                 load_default_pipeline)
+from ..processors.families import model_family
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("vmoba")
@@ -22,15 +30,12 @@ def _reinitialise(module, seed: int):
 
 def load_vae(config: TrainConfig):
     """The VAE the autoencoder task trains (without loading a whole pipeline)."""
-    from diffusers import AutoencoderKLWan
 
     m = config.model
     if m.vae:
         source = Path(m.vae)
         kwargs = {}
     elif m.pretrained == "default":
-        from ..pipelines.default import WEIGHTS_DIR, _VAE
-
         source, kwargs = WEIGHTS_DIR, {"subfolder": "vae"}
         if m.from_scratch or not (WEIGHTS_DIR / "vae").is_dir():
             with torch.random.fork_rng(devices=[]):
@@ -48,9 +53,7 @@ def load_vae(config: TrainConfig):
 
 def load_pipeline(config: TrainConfig):
     """The pipeline whose transformer (and text encoder) the text-to-video task trains."""
-    from ..pipelines.default import build_default_pipeline, load_default_pipeline
     from ..pipelines.loading import load_pipeline as load_pipeline_folder  # it imports this module
-    from ..processors.families import model_family
 
     m = config.model
     seed = config.training.seed
@@ -74,15 +77,12 @@ def load_pipeline(config: TrainConfig):
             for name in m.train:
                 pipe.register_modules(**{name: _reinitialise(getattr(pipe, name), seed)})
     if m.vae:
-        from diffusers import AutoencoderKLWan
-
         try:
             pipe.register_modules(vae=AutoencoderKLWan.from_pretrained(m.vae, local_files_only=True))
         except Exception as exc:
             raise ConfigError(f"{config.source}: model.vae: cannot load an AutoencoderKLWan from {m.vae}: {exc}") from exc
         pipe.vae_scale_factor_temporal = pipe.vae.config.scale_factor_temporal
         pipe.vae_scale_factor_spatial = pipe.vae.config.scale_factor_spatial
-        from diffusers.video_processor import VideoProcessor
 
         pipe.video_processor = VideoProcessor(vae_scale_factor=pipe.vae_scale_factor_spatial)
     transformer = getattr(pipe, "transformer", None)
@@ -117,9 +117,6 @@ def base_vmoba_config(pretrained: str):
     train`` export records (its training.json), else `DEFAULT_VMOBA_CONFIG` for the default model's
     architecture (``"default"`` or a `VMoBAWanPipeline` folder: its small grids need small blocks), else
     `VMoBAConfig()` (Wan 480p blocks)."""
-    from ..config import VMoBAConfig
-    from ..pipelines.default import DEFAULT_VMOBA_CONFIG, VMoBAWanPipeline
-
     if pretrained == "default":
         return DEFAULT_VMOBA_CONFIG
     folder = Path(pretrained)
@@ -147,7 +144,6 @@ def vmoba_config(config: TrainConfig):
 def prepare_transformer(config: TrainConfig, pipe):
     """Freeze what is not trained, add LoRA, switch on gradient checkpointing and VMoBA. Returns the VMoBA
     processors (empty with dense attention)."""
-    import vmoba
 
     m = config.model
     transformer = pipe.transformer
@@ -176,7 +172,6 @@ def prepare_transformer(config: TrainConfig, pipe):
 
 def export_pipeline(config: TrainConfig, pipe, out: Path, msl: int) -> None:
     """Write the fine-tuned model: a pipeline folder, or LoRA weights that ``pipe.load_lora_weights`` takes."""
-    import vmoba
 
     vmoba.disable(pipe.transformer)
     if config.model.lora is not None:

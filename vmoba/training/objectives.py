@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch import nn
 
 
 def tokenize(tokenizer, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask exactly as `diffusers.WanPipeline` makes them (same text cleaning)."""
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
     tokens = tokenizer([prompt_clean(p) for p in prompts], padding="max_length", max_length=max_sequence_length,
                        truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")

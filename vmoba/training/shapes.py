@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import checks
+from ..video import write_video
 
 COLORS = {"red": (220, 35, 35), "green": (35, 175, 55), "blue": (40, 75, 230), "yellow": (235, 205, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -120,7 +122,6 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
     and that are unchanged since are replaced or removed. Any other file in the way (a user's own
     ``captions.jsonl`` or video) stops the command before anything is written.
     """
-    from ..video import write_video
 
     out = Path(out)
     count = checks.integer("count", count, min=1)
@@ -150,8 +151,6 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
     rows = []
     indices = range(count)
     if progress:
-        from tqdm.auto import tqdm
-
         indices = tqdm(indices, desc="clips", unit="clip")
     for i in indices:
         spec = clip_spec(i, frames=frames, size=size, seed=seed)

@@ -18,6 +18,7 @@ the same order, with the same noise, as a run that was never stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -27,11 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from tqdm.auto import tqdm
 
 from ..checks import atomic_directory, atomic_output
 from ..parallel.training import data_parallel_rank, enable_sequence_parallel, loss_scale
+from ..video import to_uint8, write_video
+from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
 from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
+from .models import (export_pipeline, load_pipeline, load_vae, max_sequence_length, measure_latent_statistics,
+                     prepare_transformer, save_pretrained)
+from .objectives import AutoencoderLoss, FlowMatchingLoss
 from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
                     save_checkpoint)
 
@@ -102,9 +112,6 @@ def _to_device(batch: dict, device) -> dict:
 def run(config: TrainConfig) -> Path | None:
     """Train as ``config`` says. Returns the folder of the trained model, or None when the run stopped at
     ``training.max_minutes`` with a checkpoint to resume from."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
     t = config.training
     out = Path(t.output_dir)
     precision = t.mixed_precision
@@ -251,10 +258,6 @@ def run(config: TrainConfig) -> Path | None:
 
 def _check_replicas(accelerator, trainable) -> list[str]:
     """SHA-256 of the trained weights on every process; they must agree (data parallelism keeps replicas equal)."""
-    import hashlib
-
-    from accelerate.utils import gather_object
-
     h = hashlib.sha256()
     for name, p in trainable:
         h.update(name.encode())
@@ -267,10 +270,6 @@ def _check_replicas(accelerator, trainable) -> list[str]:
 
 def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     """Model, loss module, dataset and exporter of the configured task."""
-    from .models import (export_pipeline, load_pipeline, load_vae, max_sequence_length, measure_latent_statistics,
-                         prepare_transformer, save_pretrained)
-    from .objectives import AutoencoderLoss, FlowMatchingLoss
-
     d, t = config.data, config.training
     device = accelerator.device
     if config.task == "autoencoder":
@@ -305,8 +304,6 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
         module.to(device) if dtype == module.dtype else module.to(device, dtype)
     empty = None
     if d.cache_dir:
-        from .cache import empty_prompt_embeds, prepare_cache
-
         text = None if train_te else {"encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
                                       "max_sequence_length": msl}
         cache = prepare_cache(accelerator, Path(d.cache_dir), clips, pipe.vae, d, text, t.batch_size)
@@ -340,8 +337,6 @@ def _warn_unknown_words(tokenizer, clips) -> None:
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
     if vocab is None or len(vocab) > 5000:  # only word-level vocabularies can be checked word by word
         return
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
     unknown = sorted({w for c in clips for w in prompt_clean(c.caption).lower().split() if w not in vocab})
     if unknown:
         logger.warning("caption words outside the tokenizer's vocabulary become <unk>: %s", ", ".join(unknown[:20]))
@@ -351,8 +346,6 @@ def _warn_unknown_words(tokenizer, clips) -> None:
 def _validate(config: TrainConfig, task: dict, accelerator, ema, trainable, folder: Path) -> None:
     """Validation videos from the main process (EMA weights when EMA is on); the others wait, except under
     sequence parallelism, where every process runs its share of the transformer and the main one writes."""
-    from ..video import to_uint8, write_video
-
     v = config.validation
     main = accelerator.is_main_process
     if main or (config.training.sequence_parallel > 1 and config.task != "autoencoder"):
