@@ -14,8 +14,6 @@ from .parser import build_parser
 
 __all__ = ["CliError", "build_parser", "main"]
 
-_TRAIN_PROGRAMS = ("video", "events", "motion")
-
 
 def _expand_shorthand(argv: list[str]) -> list[str]:
     """``vmoba train --config FILE`` is ``vmoba train video --config FILE`` (the form the docs have always used)."""

@@ -4,7 +4,6 @@ and the parser."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Callable
 
