@@ -19,9 +19,6 @@ _STATE = "_vmoba_state"
 # Calls that would silently replace the VMoBA processors; they raise instead, with what to do.
 _PIPELINE_GUARDS = ("enable_attention_slicing", "set_attention_slice")
 _MODEL_GUARDS = ("set_attention_slice", "set_default_attn_processor")
-# xformers: routed to diffusers' xformers attention backend for the dense paths; VMoBA keeps the sparse ones.
-_XFORMERS_METHODS = ("enable_xformers_memory_efficient_attention", "disable_xformers_memory_efficient_attention",
-                     "set_use_memory_efficient_attention_xformers")
 
 TimestepSource = Callable[[], Any]
 
