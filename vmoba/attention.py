@@ -70,6 +70,27 @@ def check_finite(*tensors: torch.Tensor, names: Sequence[str] = ("q", "k", "v"))
         raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)}")
 
 
+def check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tensor | None:
+    """The checked ``[batch, text_len]`` padding mask of the text keys, or None when it keeps every text token
+    (`vmoba_attention` and `criss_cross_attention`)."""
+    if text_mask is None:
+        return None
+    if not isinstance(text_mask, torch.Tensor):
+        raise TypeError(f"text_mask must be a bool torch.Tensor of shape ({batch}, text_len) or None, "
+                        f"got {type(text_mask).__name__}")
+    if text_len == 0:
+        raise ValueError("text_mask was given but text_len=0: there are no text tokens to mask (pass text_len, "
+                         "the number of text tokens in the sequence, or drop text_mask)")
+    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (batch, text_len):
+        raise ValueError(f"text_mask must be a bool tensor of shape ({batch}, {text_len}), got "
+                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
+    if text_mask.device != device:
+        raise ValueError(f"text_mask is on {text_mask.device} but q, k and v are on {device}")
+    if not bool(text_mask.any(-1).all()):
+        raise ValueError("text_mask leaves a batch element with no valid text token")
+    return None if bool(text_mask.all()) else text_mask
+
+
 def resolve_backend(config: VMoBAConfig, device: torch.device) -> str:
     reason = triton_unavailable_reason(device)
     if config.backend == "triton":
@@ -96,8 +117,6 @@ def split_text(x: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.
         return x[:, :text_len], x[:, text_len:]
     S = x.shape[1]
     return x[:, S - text_len :], x[:, : S - text_len]
-
-
 
 
 def dense_reason(config: VMoBAConfig, layer_idx: int, n_video: int, *, scheme: str | None = None,
@@ -193,7 +212,7 @@ def attention_with_selection(
     if scheme not in SCHEMES:
         raise ValueError(f"layer {layer_idx} runs {scheme!r} attention in config.layer_schedule, not a VMoBA scheme "
                          f"{SCHEMES}: use a processor (vmoba.VMoBAProcessor) for mixed schedules")
-    text_mask = _valid_text_mask(text_mask, B, text_len)
+    text_mask = check_text_mask(text_mask, B, text_len, q.device)
     part = get_partition(grid, scheme, config.chunk_for_scheme(scheme), q.device)
 
     reason = dense_reason(config, layer_idx, n_video, scheme=scheme) if fallback else None
@@ -226,18 +245,6 @@ def attention_with_selection(
         density=float(selection.density().mean()),
     )
     return out, stats, selection
-
-
-def _valid_text_mask(text_mask: torch.Tensor | None, B: int, text_len: int) -> torch.Tensor | None:
-    """The checked ``[B, text_len]`` padding mask, or None when it keeps every text token."""
-    if text_mask is None:
-        return None
-    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (B, text_len):
-        raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {text_len}), got "
-                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
-    if not bool(text_mask.any(-1).all()):
-        raise ValueError("text_mask leaves a batch element with no valid text token")
-    return None if bool(text_mask.all()) else text_mask
 
 
 def _attend_selection(k, v, qv, kv, vv, qt, kt, vt, selection: BlockSelection, scale, text_mask, backend, config):

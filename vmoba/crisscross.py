@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import check_qkv, dense_attention, split_text
+from .attention import check_qkv, check_text_mask, dense_attention, split_text
 from .checks import boolean, choice, integer, real
 from .config import BACKENDS, VMoBAConfig
 from .kernels._triton import triton_unavailable_reason
@@ -202,7 +202,7 @@ def criss_cross_attention(
         raise ValueError(f"grid {(T, H, W)} holds {T * H * W} tokens but the sequence has {S - text_len} video tokens "
                          f"(seq_len {S} - text_len {text_len})")
     memory_budget_mb = integer("memory_budget_mb", memory_budget_mb, min=1)
-    text_mask = _check_text_mask(text_mask, B, text_len, q.device)
+    text_mask = check_text_mask(text_mask, B, text_len, q.device)
     if criss_cross_backend(backend, q) == "triton":
         video = criss_cross_attention_triton
     else:
@@ -212,26 +212,6 @@ def criss_cross_attention(
         values = _criss_cross_once(q, k, values, (T, H, W), scale, text_len, text_first, text_mask, video,
                                    memory_budget_mb)
     return values
-
-
-def _check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tensor | None:
-    """The mask as given, or None when it masks nothing; errors name what is wrong."""
-    if text_mask is None:
-        return None
-    if not isinstance(text_mask, torch.Tensor):
-        raise TypeError(f"text_mask must be a bool torch.Tensor of shape ({batch}, text_len) or None, "
-                        f"got {type(text_mask).__name__}")
-    if text_len == 0:
-        raise ValueError("text_mask was given but text_len=0: there are no text tokens to mask (pass text_len, "
-                         "the number of text tokens in the sequence, or drop text_mask)")
-    if text_mask.dtype != torch.bool or tuple(text_mask.shape) != (batch, text_len):
-        raise ValueError(f"text_mask must be a bool tensor of shape ({batch}, {text_len}), got "
-                         f"{text_mask.dtype} {tuple(text_mask.shape)}")
-    if text_mask.device != device:
-        raise ValueError(f"text_mask is on {text_mask.device} but q, k and v are on {device}")
-    if not bool(text_mask.any(-1).all()):
-        raise ValueError("text_mask leaves a batch element with no valid text token")
-    return None if bool(text_mask.all()) else text_mask
 
 
 def criss_cross_backend(backend, q: torch.Tensor) -> str:

@@ -247,3 +247,13 @@ def test_numbers_of_every_numeric_type_and_wrong_types():
         vmoba_attention(q[:, 2:], k[:, 2:], v[:, 2:], (2, 3, 4), "0")
     with pytest.raises(ValueError, match="scale must be > 0"):
         vmoba_attention(q, k, v, (2, 3, 4), text_len=2, scale=-1.0)
+
+
+def test_text_mask_checked_as_criss_cross_checks_it():
+    # a list used to fail with AttributeError, and a mask without text tokens with a misleading message
+    q = torch.randn(1, 26, 2, 8, generator=torch.Generator().manual_seed(5))
+    config = VMoBAConfig(threshold=0.3, spatial_chunk=(2, 2))
+    with pytest.raises(TypeError, match="text_mask must be a bool torch.Tensor"):
+        vmoba_attention(q, q, q, (2, 3, 4), 1, config, text_len=2, text_mask=[[True, False]])
+    with pytest.raises(ValueError, match="text_mask was given but text_len=0"):
+        vmoba_attention(q[:, 2:], q[:, 2:], q[:, 2:], (2, 3, 4), 1, config, text_mask=torch.ones(1, 2, dtype=torch.bool))
