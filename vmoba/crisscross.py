@@ -39,12 +39,6 @@ def _check_input(x: torch.Tensor, dims: int, in_channels: int, name: str) -> Non
         raise ValueError(f"{name} was built for {in_channels} channels, got input with {x.shape[1]}: {tuple(x.shape)}")
 
 
-def _qk_channels(in_channels: int) -> int:
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-    return max(1, in_channels // 8)
-
-
 def _masked_self(energy: torch.Tensor, length: int, axis_q: int) -> torch.Tensor:
     """Mask the diagonal (a position paired with itself) of ``energy`` along one line."""
     eye = torch.eye(length, dtype=torch.bool, device=energy.device)
@@ -58,7 +52,8 @@ class _CrissCrossBase(nn.Module):
 
     def __init__(self, in_channels: int, conv: type[nn.Module]):
         super().__init__()
-        qk = _qk_channels(in_channels)
+        in_channels = integer("in_channels", in_channels, min=1)
+        qk = max(1, in_channels // 8)
         self.in_channels = in_channels
         self.query = conv(in_channels, qk, 1)
         self.key = conv(in_channels, qk, 1)
@@ -122,9 +117,7 @@ class RecurrentCrissCrossAttention(nn.Module):
 
     def __init__(self, in_channels: int, recurrence: int = 2, *, volumetric: bool = False):
         super().__init__()
-        if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
-            raise ValueError(f"recurrence must be a positive integer, got {recurrence!r}")
-        self.recurrence = recurrence
+        self.recurrence = integer("recurrence", recurrence, min=1)
         self.cca = CrissCrossAttention3D(in_channels) if volumetric else CrissCrossAttention(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

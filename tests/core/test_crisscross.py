@@ -390,3 +390,20 @@ def test_token_form_property(grid, text_len, text_first, masked, recurrence, hea
     assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out).all()
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.double(), naive_criss_cross(q, k, v, grid, **kwargs), rtol=tol, atol=tol)
+
+
+def test_module_arguments_checked_like_every_other_integer():
+    # bools and floats were ValueErrors, numpy integers were refused
+    np = __import__("numpy")
+    for bad in (True, 1.5):
+        with pytest.raises(TypeError, match="recurrence"):
+            RecurrentCrissCrossAttention(8, recurrence=bad)
+        with pytest.raises(TypeError, match="in_channels"):
+            CrissCrossAttention(bad)
+    with pytest.raises(ValueError, match="in_channels"):
+        CrissCrossAttention3D(0)
+    module = RecurrentCrissCrossAttention(np.int64(8), recurrence=np.int64(2))
+    assert module.recurrence == 2 and type(module.recurrence) is int
+    assert module.cca.in_channels == 8 and type(module.cca.in_channels) is int
+    x = torch.randn(1, 8, 3, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(module(x), x)  # gamma starts at 0: the identity
