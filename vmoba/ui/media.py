@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,6 @@ def check_upload(path: str | os.PathLike | None, what: str, limits: Limits, suff
 
 def read_clip(path: str | os.PathLike | None, limits: Limits, *, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """The first frames of an uploaded clip as float32 ``(N, H, W, 3)`` in [0, 1], and its frame rate."""
-    import imageio.v2 as imageio
-
     path = check_upload(path, "video", limits, VIDEO_SUFFIXES)
     max_frames = max_frames or limits.max_clip_frames
     try:
@@ -54,9 +53,8 @@ def read_clip(path: str | os.PathLike | None, limits: Limits, *, max_frames: int
                              f"{limits.max_video_seconds:g} s")
         frames = []
         try:
-            for frame in reader:
-                frames.append(np.asarray(frame)[..., :3] if np.asarray(frame).ndim == 3 else
-                              np.repeat(np.asarray(frame)[..., None], 3, axis=-1))
+            for frame in map(np.asarray, reader):
+                frames.append(frame[..., :3] if frame.ndim == 3 else np.repeat(frame[..., None], 3, axis=-1))
                 if len(frames) >= max_frames:
                     break
         except Exception as exc:

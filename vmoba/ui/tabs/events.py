@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 
 from ...events import write_events
+from ...events.data import HELD_OUT_IMAGES, SequenceConfig, make_sequence
 from ...pipelines import EventToVideoPipeline
 from ...checks import atomic_output
 from ..events_demo import EVENT_SUFFIXES, event_images, events_from_clip, events_from_file, reconstruct
@@ -36,8 +37,6 @@ def _pipeline() -> EventToVideoPipeline:
 
 def write_examples(outputs: OutputFolder) -> tuple[str, str]:
     """An example clip (a held-out photograph under a moving camera) and the events of it as a file."""
-    from ...events.data import HELD_OUT_IMAGES, SequenceConfig, make_sequence
-
     frames, _ = make_sequence(900_000_000, SequenceConfig(num_frames=8), HELD_OUT_IMAGES)
     clip = np.repeat(frames.numpy()[..., None], 3, axis=-1)
     video = save_video(outputs, clip, fps=8)
