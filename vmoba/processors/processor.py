@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import AttentionProcessor, CallContext, SelectionRecord
+from .base import AttentionProcessor
 
-__all__ = ["CallContext", "CrissCrossAttnProcessor", "SelectionRecord", "VMoBAProcessor"]
+__all__ = ["CrissCrossAttnProcessor", "VMoBAProcessor"]
 
 
 class VMoBAProcessor(AttentionProcessor):
