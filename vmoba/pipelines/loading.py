@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline
 from ..config import VMoBAConfig
 from ..training.config import TrainConfig, config_from_dict
 from ..training.models import vmoba_config
-from .default import DEFAULT_SIZE, DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, load_default_pipeline
+from .default import DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, load_default_pipeline
 from .event_to_video import EventToVideoPipeline
 
 
@@ -171,5 +171,5 @@ def load_pipeline(path: str | Path | None = None):
     return pipe
 
 
-__all__ = ["DEFAULT_SIZE", "PipelineDefaults", "VideoSizeRule", "load_pipeline", "trained_defaults",
+__all__ = ["PipelineDefaults", "VideoSizeRule", "load_pipeline", "trained_defaults",
            "video_size_rule"]
