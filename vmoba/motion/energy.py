@@ -115,18 +115,15 @@ class MotionEnergy(nn.Module):
         memory_budget_mb: int = 256,
     ) -> None:
         super().__init__()
-        for name, value, low in (
-            ("num_orientations", num_orientations, 1),
-            ("num_scales", num_scales, 1),
-            ("kernel_size", kernel_size, 3),
-            ("temporal_length", temporal_length, 2),
-            ("feature_stride", feature_stride, 1),
-            ("memory_budget_mb", memory_budget_mb, 1),
-        ):
-            checks.integer(f"MotionEnergy {name}", value, min=low)
         num_orientations, num_scales, kernel_size, temporal_length, feature_stride, memory_budget_mb = (
-            int(v) for v in (num_orientations, num_scales, kernel_size, temporal_length, feature_stride,
-                             memory_budget_mb))
+            checks.integer(f"MotionEnergy {name}", value, min=low) for name, value, low in (
+                ("num_orientations", num_orientations, 1),
+                ("num_scales", num_scales, 1),
+                ("kernel_size", kernel_size, 3),
+                ("temporal_length", temporal_length, 2),
+                ("feature_stride", feature_stride, 1),
+                ("memory_budget_mb", memory_budget_mb, 1),
+            ))
         spatial_frequency = checks.real("MotionEnergy spatial_frequency", spatial_frequency, min=0, min_exclusive=True)
         tau = checks.real("MotionEnergy tau", tau, min=0, min_exclusive=True)
         if sigma is not None:
