@@ -130,3 +130,15 @@ def test_xformers_runs_the_dense_paths_and_keeps_vmoba(monkeypatch):
     assert registry._active_backend == active
     vmoba.disable(pipe)
     assert not hasattr(pipe, "enable_xformers_memory_efficient_attention")
+
+
+def test_a_processor_replaced_behind_enable_is_reported(recwarn):
+    model, inputs, _ = build("wan")
+    vmoba.enable(model, VMoBAConfig(**SMALL_CHUNKS))
+    run_model(model, inputs)
+    assert not [w for w in recwarn if "were replaced since" in str(w.message)]
+    attn = model.blocks[1].attn1
+    attn.set_processor(attn._default_processor_cls())
+    with pytest.warns(UserWarning, match="some of its VMoBA processors were replaced since"):
+        run_model(model, inputs)
+    vmoba.disable(model)

@@ -155,20 +155,21 @@ def enable(
     for name, model, family in models:
         proc = processor(config, family=family.name)
         proc.context = context
-        originals = {}
+        originals, patched = {}, []
         for module_name, module in model.named_modules():
             if hasattr(module, "set_processor") and family.is_video_attention(module_name, module):
                 originals[module_name] = module.processor
                 module.set_processor(proc)
+                patched.append(module)
         if not originals:
             raise ValueError(f"found no video self-attention layers in {type(model).__name__}")
 
-        def pre_hook(model, args, kwargs, family=family, proc=proc, originals=originals):
+        def pre_hook(model, args, kwargs, family=family, proc=proc, patched=patched):
             inputs = bound_arguments(model, args, kwargs)
             context.grid = family.grid_from_inputs(model, inputs)
             t = source() if source is not None else None
             context.observe_timestep(float(t) if t is not None else _timestep_of(inputs))
-            if any(m.processor is not proc for n, m in model.named_modules() if n in originals):
+            if any(m.processor is not proc for m in patched):  # the patched modules only: no walk per call
                 warnings.warn(f"vmoba.enable() is active on {type(model).__name__} but some of its VMoBA processors "
                               f"were replaced since; call vmoba.disable() before setting other processors",
                               stacklevel=2)
