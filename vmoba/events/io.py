@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import checks
 from . import aedat4
-from .stream import EventStream, validate_sensor_size
+from .stream import EventStream, checked_stream, validate_sensor_size
 
 FORMATS = ("text", "npz", "hdf5", "aedat4")
 _EXTENSIONS = {".txt": "text", ".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".aedat4": "aedat4"}
@@ -455,8 +455,7 @@ def write_events(path: str | os.PathLike, events: EventStream, *, format: str | 
     The file is written under a temporary name beside ``path`` and renamed over it only once complete, so a
     writer that fails (AEDAT4 with negative times, a missing HDF5 plugin, a full disk) leaves ``path`` as it was.
     """
-    if not isinstance(events, EventStream):
-        raise TypeError(f"events must be an EventStream, got {type(events).__name__}")
+    checked_stream(events)
     overwrite = checks.boolean("overwrite", overwrite)
     path = os.fspath(path)
     fmt = detect_format(path, format)

@@ -8,13 +8,7 @@ import numpy as np
 import torch
 
 from .. import checks
-from .stream import EventStream
-
-
-def _stream(events) -> EventStream:
-    if not isinstance(events, EventStream):
-        raise TypeError(f"events must be an EventStream, got {type(events).__name__}")
-    return events
+from .stream import EventStream, checked_stream
 
 
 def _time_range(events: EventStream, t_range: tuple[float, float] | None, what: str) -> tuple[float, float]:
@@ -57,7 +51,7 @@ def events_to_voxel_grid(
     ``normalize`` shifts and scales the non-zero voxels to zero mean and unit (population) standard deviation;
     zeros stay zero so "no events" remains distinguishable.
     """
-    events = _stream(events)
+    events = checked_stream(events)
     num_bins = checks.integer("num_bins", num_bins, min=1)
     normalize = checks.boolean("normalize", normalize)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -94,7 +88,7 @@ def events_to_voxel_windows(events: EventStream, boundaries: Sequence[float], nu
 
     Each interval is ``[b_k, b_{k+1})`` except the last, which is closed so an event at the final boundary counts.
     """
-    events = _stream(events)
+    events = checked_stream(events)
     num_bins = checks.integer("num_bins", num_bins, min=1)
     try:
         edges = np.asarray(boundaries, dtype=np.float64)
@@ -116,7 +110,7 @@ def events_to_voxel_windows(events: EventStream, boundaries: Sequence[float], nu
 
 def events_to_frame(events: EventStream, *, split_polarity: bool = True) -> torch.Tensor:
     """Event counts per pixel: ``[2, H, W]`` (OFF, ON) or, with ``split_polarity=False``, ``[H, W]`` net polarity."""
-    events = _stream(events)
+    events = checked_stream(events)
     split_polarity = checks.boolean("split_polarity", split_polarity)
     H, W = events.sensor_size
     pix = _flat_index(events)
@@ -137,7 +131,7 @@ def events_to_time_surface(
 
     ``t_ref`` defaults to the last timestamp; ``[2, H, W]`` (OFF, ON) or ``[H, W]`` for both polarities together.
     """
-    events = _stream(events)
+    events = checked_stream(events)
     tau = checks.real("tau", tau, min=0, min_exclusive=True)
     split_polarity = checks.boolean("split_polarity", split_polarity)
     if t_ref is None:
@@ -162,7 +156,7 @@ def events_to_time_surface(
 
 def render_events(events: EventStream, *, background: str = "white") -> np.ndarray:
     """``uint8 [H, W, 3]`` image: pixels whose net polarity is positive in red, negative in blue."""
-    events = _stream(events)
+    events = checked_stream(events)
     checks.choice("background", background, ("white", "black"))
     net = events_to_frame(events, split_polarity=False).numpy()
     image = np.full((*events.sensor_size, 3), 255 if background == "white" else 0, dtype=np.uint8)

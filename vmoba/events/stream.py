@@ -199,3 +199,10 @@ class EventStream:
         return EventStream(
             *(np.concatenate([getattr(s, n) for s in streams]) for n in ("x", "y", "t", "p")), sensor_size=sizes.pop()
         )
+
+
+def checked_stream(events: Any, name: str = "events") -> EventStream:
+    """``events`` itself when it is an `EventStream`; else the TypeError every public function gives."""
+    if not isinstance(events, EventStream):
+        raise TypeError(f"{name} must be an EventStream, got {type(events).__name__}")
+    return events
