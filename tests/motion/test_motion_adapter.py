@@ -161,3 +161,82 @@ def test_adapter_arguments_are_checked():
     import numpy as np
 
     assert MotionEnergyAdapter(np.int64(8), energy=energy, scale=np.float32(0.5)).inner_dim == 8
+
+
+def test_global_pooling_is_the_frame_mean_of_token_pooling(wan):
+    """Under global pooling every token of a latent frame gets the energy averaged over the whole frame: the
+    token-pooled features of the same clip averaged over space (equal patches, so the mean of means)."""
+    model, _ = wan
+    energy = MotionEnergy(num_orientations=4, num_scales=3)
+    tokens = MotionEnergyAdapter.for_transformer(model, energy=energy, hidden=16)
+    pooled = MotionEnergyAdapter.for_transformer(model, energy=energy, hidden=16, pooling="global")
+    clip = reference(0.7)
+    grid = (3, 8, 8)
+    tokens.set_reference(clip)
+    pooled.set_reference(clip)
+    expected = tokens.energy_features(grid).double().mean(dim=(3, 4), keepdim=True).expand(-1, -1, *grid)
+    torch.testing.assert_close(pooled.energy_features(grid).double(), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_global_pooling_ignores_where_the_motion_is(wan):
+    """The same motion in another place of the frame gives the same globally pooled features (and different
+    token-pooled ones)."""
+    model, _ = wan
+    energy = MotionEnergy(num_orientations=4, num_scales=3)
+    clip = torch.zeros(9, 3, 96, 128)
+    left, right = clip.clone(), clip.clone()
+    for t in range(9):  # a bright bar moving right, in the left or the right half, clear of the borders
+        left[t, :, 40:56, 30 + t : 34 + t] = 1.0
+        right[t, :, 40:56, 74 + t : 78 + t] = 1.0
+    grid = (3, 6, 8)
+    feats = {}
+    for pooling in ("tokens", "global"):
+        adapter = MotionEnergyAdapter.for_transformer(model, energy=energy, hidden=16, pooling=pooling)
+        feats[pooling] = [adapter.reference_energy(c, grid) for c in (left, right)]
+    torch.testing.assert_close(feats["global"][0], feats["global"][1], rtol=0.02, atol=1e-6)
+    assert not torch.allclose(feats["tokens"][0], feats["tokens"][1], rtol=0.02)
+
+
+def test_precomputed_energy_gives_the_same_output_as_the_clip(wan):
+    model, inputs = wan
+    for pooling in ("tokens", "global"):
+        adapter = MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3),
+                                                      hidden=16, pooling=pooling)
+        torch.nn.init.normal_(adapter.proj.weight, std=0.05)
+        grid = (3, 8, 8)
+        with torch.no_grad(), adapter.attached(model, reference(1.2)):
+            from_clip = model(**inputs).sample
+            cached = adapter.reference_energy(reference(1.2), grid)
+            adapter.set_reference_energy(cached)
+            from_energy = model(**inputs).sample
+        assert cached.shape[3:] == ((1, 1) if pooling == "global" else (8, 8))
+        torch.testing.assert_close(from_energy, from_clip)
+
+
+def test_precomputed_energy_is_checked(wan):
+    model, _ = wan
+    energy = MotionEnergy(num_orientations=4, num_scales=3)
+    adapter = MotionEnergyAdapter.for_transformer(model, energy=energy, hidden=16, pooling="global")
+    c = energy.num_channels
+    with pytest.raises(ValueError, match=rf"\(B, {c}, T', H', W'\), got \(1, {c + 1}"):
+        adapter.set_reference_energy(torch.zeros(1, c + 1, 3, 1, 1))
+    with pytest.raises(ValueError, match="globally pooled"):
+        adapter.set_reference_energy(torch.zeros(1, c, 3, 8, 8))
+    adapter.set_reference_energy(torch.zeros(1, c, 5, 1, 1))
+    with pytest.raises(ValueError, match="token grid"):
+        adapter.energy_features((3, 8, 8))
+    trained = MotionEnergyAdapter.for_transformer(model, energy=energy, hidden=16, train_energy=True)
+    with pytest.raises(RuntimeError, match="train_energy"):
+        trained.set_reference_energy(torch.zeros(1, c, 3, 8, 8))
+    with pytest.raises(ValueError, match="pooling"):
+        MotionEnergyAdapter(8, energy=energy, pooling="mean")
+
+
+def test_pooling_survives_save_and_load(wan, tmp_path):
+    model, _ = wan
+    adapter = MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3),
+                                                  hidden=16, pooling="global")
+    adapter.save_pretrained(tmp_path / "a.safetensors")
+    assert MotionEnergyAdapter.from_pretrained(tmp_path / "a.safetensors").pooling == "global"
+    with pytest.raises(FileNotFoundError, match="no motion adapter"):
+        MotionEnergyAdapter.from_pretrained(tmp_path / "missing.safetensors")

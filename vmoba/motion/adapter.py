@@ -14,8 +14,14 @@ processors and checkpoint loading of the transformer are untouched::
     adapter.detach()
 
 Fine-tuning: optimise ``adapter.trainable_parameters()`` (the transformer can stay frozen), call
-``set_reference`` with each batch's reference clips before the transformer's forward, and save with
-``save_pretrained``. The energy filters are frozen unless ``train_energy=True``.
+``set_reference`` with each batch's reference clips before the transformer's forward (or, with frozen
+filters, ``set_reference_energy`` with features that `reference_energy` computed once and a cache kept), and
+save with ``save_pretrained``. The energy filters are frozen unless ``train_energy=True``.
+
+``pooling="global"`` averages the reference's energy over the whole frame in each time bin before the
+encoder: the conditioning then carries how the reference moves (direction and speed, over time) and nothing
+of where its objects are or what outline they have, so a reference of one shape can steer a clip of another.
+``pooling="tokens"`` (the default) keeps the energy of each token's patch.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from .. import checks
 from .clip import as_clip
 from .energy import MotionEnergy
 
+POOLING = ("tokens", "global")
+
 
 class MotionEnergyAdapter(nn.Module):
     """Motion-energy conditioning added to a video transformer's patch embeddings.
@@ -45,15 +53,18 @@ class MotionEnergyAdapter(nn.Module):
         train_energy: also train the energy filters (otherwise they are frozen and their output is cached
             per reference clip and token grid).
         scale: multiplies the conditioning (0 turns it off without detaching).
+        pooling: ``"tokens"`` (energy of each token's patch) or ``"global"`` (the whole frame's energy, the
+            same for every token of a latent frame: motion without position or shape).
     """
 
     def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
-                 train_energy: bool = False, scale: float = 1.0) -> None:
+                 train_energy: bool = False, scale: float = 1.0, pooling: str = "tokens") -> None:
         super().__init__()
         inner_dim = checks.integer("inner_dim", inner_dim, min=1)
         hidden = checks.integer("hidden", hidden, min=1)
         train_energy = checks.boolean("train_energy", train_energy)
         scale = checks.real("scale", scale)
+        self.pooling = checks.choice("pooling", pooling, POOLING)
         if energy is not None and not isinstance(energy, MotionEnergy):
             raise TypeError(f"energy must be a MotionEnergy or None, got {type(energy).__name__}")
         self.energy = energy if energy is not None else MotionEnergy()
@@ -71,6 +82,7 @@ class MotionEnergyAdapter(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         self._reference: torch.Tensor | None = None
+        self._reference_energy: torch.Tensor | None = None
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._handle: Any = None
         self._target: nn.Module | None = None
@@ -87,28 +99,66 @@ class MotionEnergyAdapter(nn.Module):
         clip, _ = as_clip(frames, min_frames=self.energy.min_frames, min_size=self.energy.min_size,
                           name="reference frames")
         self._reference = clip
+        self._reference_energy = None
+        self._cache.clear()
+
+    def set_reference_energy(self, energy: torch.Tensor) -> None:
+        """Features that `reference_energy` computed earlier (``(B, C, T', H', W')``, with ``H' = W' = 1`` under
+        global pooling), used in place of a reference clip: a training loop with frozen filters computes them
+        once per clip instead of once per step."""
+        if self.train_energy:
+            raise RuntimeError("set_reference_energy skips the energy filters, which this adapter trains "
+                               "(train_energy=True): pass the clips to set_reference")
+        expected = self.energy.num_channels
+        if not isinstance(energy, torch.Tensor) or energy.dim() != 5 or energy.shape[1] != expected:
+            shape = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
+            raise ValueError(f"reference energy must be (B, {expected}, T', H', W'), got {shape}")
+        if self.pooling == "global" and energy.shape[3:] != (1, 1):
+            raise ValueError(f"a globally pooled adapter takes energy of shape (B, {expected}, T', 1, 1), got "
+                             f"{tuple(energy.shape)}")
+        self._reference, self._reference_energy = None, energy
         self._cache.clear()
 
     def clear_reference(self) -> None:
         self._reference = None
+        self._reference_energy = None
         self._cache.clear()
 
-    def energy_features(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Normalised energy of the reference clip on the token grid ``(T', H', W')``: ``(B, C, T', H', W')``.
+    def reference_energy(self, frames: Any, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The features a reference clip gives on the token grid ``(T', H', W')`` (what `set_reference_energy`
+        takes), without keeping the clip."""
+        clip, _ = as_clip(frames, min_frames=self.energy.min_frames, min_size=self.energy.min_size,
+                          name="reference frames")
+        return self._features(clip, tuple(int(g) for g in grid))
 
-        Time is split into ``T'`` equal bins (one per latent frame); space is averaged over each token's patch.
+    def energy_features(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Normalised energy of the reference on the token grid ``(T', H', W')``: ``(B, C, T', H', W')``.
+
+        Time is split into ``T'`` equal bins (one per latent frame); space is averaged over each token's patch,
+        or over the whole frame (``pooling="global"``, broadcast to every token).
         """
+        if self._reference_energy is not None:
+            e = self._reference_energy
+            if e.shape[2] != grid[0] or (self.pooling == "tokens" and tuple(e.shape[3:]) != tuple(grid[1:])):
+                raise ValueError(f"the reference energy was computed for the token grid {tuple(e.shape[2:])}, the "
+                                 f"transformer's is {tuple(grid)}")
+            return e.expand(-1, -1, *grid) if self.pooling == "global" else e
         if self._reference is None:
             raise RuntimeError("MotionEnergyAdapter has no reference clip: call set_reference(frames) first")
         if grid in self._cache:
             return self._cache[grid]
-        clip = self._reference.to(self.energy.raw_orientation.device)
-        with torch.set_grad_enabled(self.train_energy and torch.is_grad_enabled()):
-            e = self.energy(clip[:, :, None].expand(-1, -1, 1, -1, -1), temporal_bins=grid[0])
-            e = F.adaptive_avg_pool3d(e, grid)
+        e = self._features(self._reference, grid)
+        if self.pooling == "global":
+            e = e.expand(-1, -1, *grid)
         if not self.train_energy:
             self._cache[grid] = e
         return e
+
+    def _features(self, clip: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        clip = clip.to(self.energy.raw_orientation.device)
+        with torch.set_grad_enabled(self.train_energy and torch.is_grad_enabled()):
+            e = self.energy(clip[:, :, None].expand(-1, -1, 1, -1, -1), temporal_bins=grid[0])
+            return F.adaptive_avg_pool3d(e, (grid[0], 1, 1) if self.pooling == "global" else grid)
 
     def condition(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """What is added to the patch embeddings: ``(B, inner_dim, T', H', W')``."""
@@ -178,7 +228,7 @@ class MotionEnergyAdapter(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"inner_dim": self.inner_dim, "hidden": self.hidden, "train_energy": self.train_energy,
-                "scale": self.scale, "energy": self.energy.config}
+                "scale": self.scale, "pooling": self.pooling, "energy": self.energy.config}
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -192,13 +242,16 @@ class MotionEnergyAdapter(nn.Module):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no motion adapter at {path}")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if "config" not in meta:
             raise ValueError(f"{path} was not written by MotionEnergyAdapter.save_pretrained (no 'config')")
         config = json.loads(meta["config"])
         adapter = cls(config["inner_dim"], energy=MotionEnergy(**config["energy"]), hidden=config["hidden"],
-                      train_energy=config["train_energy"], scale=config["scale"])
+                      train_energy=config["train_energy"], scale=config["scale"],
+                      pooling=config.get("pooling", "tokens"))
         adapter.load_state_dict(load_file(str(path)))
         return adapter
 
