@@ -240,3 +240,16 @@ def test_pooling_survives_save_and_load(wan, tmp_path):
     assert MotionEnergyAdapter.from_pretrained(tmp_path / "a.safetensors").pooling == "global"
     with pytest.raises(FileNotFoundError, match="no motion adapter"):
         MotionEnergyAdapter.from_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_attaching_does_not_make_the_transformer_part_of_the_adapter(wan, tmp_path):
+    """The hook is the only link: the adapter's parameters and saved file hold the adapter alone."""
+    model, _ = wan
+    adapter = small_adapter(model)
+    keys, count = set(adapter.state_dict()), len(list(adapter.parameters()))
+    with adapter.attached(model):
+        assert set(adapter.state_dict()) == keys and len(list(adapter.parameters())) == count
+        adapter.save_pretrained(tmp_path / "a.safetensors")
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "a.safetensors")) == keys

@@ -416,3 +416,78 @@ def test_gradient_checkpointing_changes_memory_not_the_math(tmp_path, data):
     log = [json.loads(line) for line in (tmp_path / "dense/log.jsonl").read_text().splitlines()]
     assert "vmoba_density" not in log[0]
     assert log[0]["loss"] != pytest.approx(losses["plain"][0], rel=1e-6)  # VMoBA changed the attention
+
+
+# -- the motion adapter -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data9(tmp_path_factory):
+    """Clips long enough for the motion-energy filters (7 frames at least)."""
+    return write_shapes_dataset(tmp_path_factory.mktemp("shapes9") / "d", count=4, frames=9, size=32, seed=5)
+
+
+def test_drop_words_removes_whole_words_only():
+    from vmoba.training.data import drop_words
+
+    assert drop_words("a red circle moves left on a dark background", ["left", "right"]) == \
+        "a red circle moves on a dark background"
+    assert drop_words("Up, up and away", ["up"]) == "and away"
+    assert drop_words("a blue upward arrow", ["up"]) == "a blue upward arrow"
+
+
+def test_motion_adapter_trains_alone_and_exports_beside_the_pipeline(tmp_path, data9):
+    from safetensors.torch import load_file
+
+    from vmoba.motion import MotionEnergy
+    from vmoba.pipelines import load_motion_adapter
+    from vmoba.training.data import load_frames
+
+    cache = tmp_path / "cache"
+    config = _config(tmp_path, data9, model={"pretrained": "default", "from_scratch": False,
+                                             "train": ["motion_adapter"]},
+                     data={"num_frames": 9, "cache_dir": str(cache)},
+                     motion_adapter={"hidden": 8}, training={"max_steps": 2, "learning_rate": 1e-2})
+    final = run(config)
+    # the transformer and text encoder are exactly the pretrained ones; only the adapter moved
+    base = load_default_pipeline()
+    pipe = load_default_pipeline(final)
+    for name in ("transformer", "text_encoder"):
+        for (k, a), (_, b) in zip(getattr(base, name).state_dict().items(), getattr(pipe, name).state_dict().items()):
+            assert torch.equal(a, b), f"{name}.{k} changed"
+    adapter = load_motion_adapter(final)
+    assert adapter.pooling == "global" and adapter.hidden == 8
+    assert adapter.proj.weight.abs().sum() > 0  # it started at zero
+    # the cached reference energy is the clip's energy averaged over the frame, one value per latent frame
+    clips = read_clips(data9)
+    item = load_file(cache / "000001.safetensors")
+    frames = (load_frames(clips[1].path, 9, 32, 32).permute(1, 0, 2, 3)[None].double() + 1) / 2
+    energy = MotionEnergy().double()
+    with torch.no_grad():
+        expected = energy(frames, temporal_bins=3).mean(dim=(3, 4), keepdim=True)[0]
+    assert item["motion_energy"].shape == (energy.num_channels, 3, 1, 1)
+    torch.testing.assert_close(item["motion_energy"].double(), expected, rtol=1e-4, atol=1e-7)
+    # the adapter conditions the exported pipeline from a reference clip
+    adapter.attach(pipe.transformer)
+    adapter.set_reference(frames[0].float())
+    out = pipe("a red circle", height=32, width=32, num_frames=9, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+    assert out.shape == (9, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_motion_adapter_settings_are_checked(tmp_path, data9):
+    def config(**sections):
+        return _config(tmp_path, data9, **{"model": {"train": ["motion_adapter"]}, **sections})
+
+    with pytest.raises(ConfigError, match="validation .*motion reference"):
+        config(validation={"every": 1, "prompts": ["a red circle"]})
+    with pytest.raises(ConfigError, match="motion_adapter.pooling"):
+        config(motion_adapter={"pooling": "mean"})
+    with pytest.raises(ConfigError, match=r"motion_adapter.drop_words\[1\] must be one word"):
+        config(motion_adapter={"drop_words": ["left", "to the right"]})
+    with pytest.raises(ConfigError, match="autoencoder task trains the VAE alone"):
+        _config(tmp_path, data9, task="autoencoder", model={"train": ["motion_adapter"]})
+    with pytest.raises(FileNotFoundError, match="has no motion adapter"):
+        from vmoba.pipelines import load_motion_adapter
+
+        load_motion_adapter(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -11,7 +12,7 @@ import torch
 
 from ..pipelines import loading
 from ..processors import CrissCrossAttnProcessor, VMoBAProcessor, disable, enable
-from ..video import psnr, write_video
+from ..video import psnr, read_video, write_video
 from .arguments import CliError, output_file
 from .runtime import require_device, set_threads
 
@@ -39,15 +40,45 @@ def _sizes(args: argparse.Namespace, pipe) -> dict[str, int | None]:
     return sizes
 
 
-def _generate(pipe, args: argparse.Namespace, sizes: dict, mode: str, config) -> tuple[np.ndarray, float, float | None]:
-    """One video with ``mode`` attention: frames, seconds, mean attended density (None when dense)."""
-    processors = enable(pipe, config, processor=PROCESSORS[mode]) if mode in PROCESSORS else {}
+def _motion_reference(args: argparse.Namespace, pipe):
+    """The model's motion adapter holding the --motion-reference clip, checked before anything is generated;
+    None without the option."""
+    if args.motion_reference is None:
+        return None
     try:
-        generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        t0 = time.perf_counter()
-        frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance_scale, generator=generator, output_type="np", **sizes).frames[0]
-        seconds = time.perf_counter() - t0
+        adapter = loading.load_motion_adapter(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(f"--motion-reference needs a motion adapter: {exc}") from None
+    try:
+        video = read_video(args.motion_reference)
+    except FileNotFoundError as exc:
+        raise CliError(f"--motion-reference: {exc}") from None
+    except Exception as exc:  # imageio's many reader errors: the file is not a video it can decode
+        raise CliError(f"--motion-reference {args.motion_reference}: not a readable video ({exc})") from None
+    frames = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W) in [0, 1]
+    try:
+        adapter.set_reference(frames)
+        with adapter.attached(pipe.transformer):  # the adapter fits this transformer
+            pass
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--motion-reference {args.motion_reference}: {exc}") from None
+    return adapter
+
+
+def _generate(pipe, args: argparse.Namespace, sizes: dict, mode: str, config,
+              reference=None) -> tuple[np.ndarray, float, float | None]:
+    """One video with ``mode`` attention (and the motion of ``reference``, a motion adapter holding its
+    reference clip): frames, seconds, mean attended density (None when dense)."""
+    processors = enable(pipe, config, processor=PROCESSORS[mode]) if mode in PROCESSORS else {}
+    motion = reference.attached(pipe.transformer) if reference is not None else contextlib.nullcontext()
+    try:
+        with motion:
+            generator = torch.Generator(device="cpu").manual_seed(args.seed)
+            t0 = time.perf_counter()
+            frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance_scale, generator=generator, output_type="np",
+                          **sizes).frames[0]
+            seconds = time.perf_counter() - t0
     finally:
         if processors:
             disable(pipe)
@@ -72,14 +103,17 @@ def run_generate(args: argparse.Namespace) -> int:
                                               (("threshold", args.threshold), ("granularity", args.granularity))
                                               if value is not None})
     mode = args.attention or defaults.attention
-    frames, seconds, density = _generate(pipe, args, sizes, mode, config)
+    reference = _motion_reference(args, pipe)
+    frames, seconds, density = _generate(pipe, args, sizes, mode, config, reference)
     write_video(out, frames, fps=args.fps, overwrite=args.force)  # complete or not at all (atomic_output)
     settings = (f"{mode} attention" + (f" (threshold {config.threshold}, {config.granularity}; settings of "
                                           f"{defaults.source})" if mode == "vmoba" else ""))
+    if reference is not None:
+        settings += f", the motion of {args.motion_reference}"
     print(f"wrote {out} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {settings}, {seconds:.1f} s"
           + (f", mean density {density:.3f})" if density is not None else ")"))
     if args.compare:
-        dense_frames, dense_seconds, _ = _generate(pipe, args, sizes, "dense", config)
+        dense_frames, dense_seconds, _ = _generate(pipe, args, sizes, "dense", config, reference)
         print(f"compare at seed {args.seed}: dense {dense_seconds:.1f} s, {mode} {seconds:.1f} s "
               f"(time ratio dense/{mode} {dense_seconds / seconds:.2f})"
               + (f", mean density {density:.3f}" if density is not None else "")

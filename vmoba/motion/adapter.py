@@ -85,7 +85,6 @@ class MotionEnergyAdapter(nn.Module):
         self._reference_energy: torch.Tensor | None = None
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._handle: Any = None
-        self._target: nn.Module | None = None
 
     @classmethod
     def for_transformer(cls, transformer: nn.Module, **kwargs: Any) -> "MotionEnergyAdapter":
@@ -197,7 +196,6 @@ class MotionEnergyAdapter(nn.Module):
                 f"{embedding.out_channels}"
             )
         self._handle = embedding.register_forward_hook(lambda module, args, output: self(output))
-        self._target = transformer
         return self
 
     def detach(self) -> None:
@@ -205,7 +203,6 @@ class MotionEnergyAdapter(nn.Module):
         if self._handle is not None:
             self._handle.remove()
         self._handle = None
-        self._target = None
 
     @property
     def is_attached(self) -> bool:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "EventToVideoPipeline": "event_to_video",
     "PipelineDefaults": "loading",
     "VideoSizeRule": "loading",
+    "load_motion_adapter": "loading",
     "load_pipeline": "loading",
     "video_size_rule": "loading",
 }
@@ -30,4 +31,4 @@ if TYPE_CHECKING:
     from .default import (DEFAULT_SIZE, DEFAULT_VMOBA_CONFIG, VMoBAWanPipeline, build_default_pipeline,
                           load_default_pipeline)
     from .event_to_video import EventToVideoOutput, EventToVideoPipeline
-    from .loading import PipelineDefaults, VideoSizeRule, load_pipeline, video_size_rule
+    from .loading import PipelineDefaults, VideoSizeRule, load_motion_adapter, load_pipeline, video_size_rule

@@ -50,6 +50,8 @@ _VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal
             is_residual=True, scale_factor_temporal=4, scale_factor_spatial=4)
 _TEXT_ENCODER = dict(vocab_size=len(VOCABULARY) + 3, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+# A pipeline folder's motion adapter (`vmoba.motion.MotionEnergyAdapter`), beside model_index.json
+MOTION_ADAPTER_FILE = "motion_adapter.safetensors"
 # Captions are a few words; padding every prompt to WanPipeline's 512 tokens would only cost time.
 DEFAULT_MAX_SEQUENCE_LENGTH = 16
 

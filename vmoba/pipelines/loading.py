@@ -20,7 +20,8 @@ from diffusers import DiffusionPipeline
 from ..config import VMoBAConfig
 from ..training.config import TrainConfig, config_from_dict
 from ..training.models import vmoba_config
-from .default import DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, load_default_pipeline
+from ..motion.adapter import MotionEnergyAdapter
+from .default import DEFAULT_VMOBA_CONFIG, MOTION_ADAPTER_FILE, WEIGHTS_DIR, VMoBAWanPipeline, load_default_pipeline
 from .event_to_video import EventToVideoPipeline
 
 
@@ -171,5 +172,18 @@ def load_pipeline(path: str | Path | None = None):
     return pipe
 
 
-__all__ = ["PipelineDefaults", "VideoSizeRule", "load_pipeline", "trained_defaults",
+def load_motion_adapter(path: str | Path | None = None) -> MotionEnergyAdapter:
+    """The motion adapter trained for a pipeline folder (its ``motion_adapter.safetensors``; ``None``: the
+    embedded default model's), to attach to that pipeline's transformer. FileNotFoundError names the folder
+    when it has none."""
+    folder = WEIGHTS_DIR if path is None else Path(path)
+    file = folder / MOTION_ADAPTER_FILE
+    if not file.is_file():
+        what = "the embedded default model" if path is None else str(folder)
+        raise FileNotFoundError(f"{what} has no motion adapter ({MOTION_ADAPTER_FILE}); train one with "
+                                f"model.train: [motion_adapter] (docs/training.md)")
+    return MotionEnergyAdapter.from_pretrained(file)
+
+
+__all__ = ["PipelineDefaults", "VideoSizeRule", "load_motion_adapter", "load_pipeline", "trained_defaults",
            "video_size_rule"]

@@ -1,5 +1,6 @@
-"""Cached latents: every clip's VAE posterior (mean, log-variance) and, when the text encoder is frozen, its
-prompt embedding, computed once into ``data.cache_dir`` and reused by every later run.
+"""Cached latents: every clip's VAE posterior (mean, log-variance), when the text encoder is frozen its
+prompt embedding, and when a motion adapter is trained the clip's motion-energy features on the transformer's
+token grid, computed once into ``data.cache_dir`` and reused by every later run.
 
 The cache records what it was computed from (clips, VAE weights, frame window, text encoder): a cache that
 does not match the current run is reported, never silently reused or overwritten.
@@ -23,12 +24,13 @@ BUILDING = "cache.building.json"
 
 
 def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_settings, text: dict | None,
-                  batch_size: int) -> Path:
+                  batch_size: int, motion: dict | None = None) -> Path:
     """Make sure ``cache_dir`` holds the latents of ``clips`` for this VAE; build them (split across
     processes) when it does not. ``text``: ``{"encoder", "tokenizer", "max_sequence_length"}`` to cache prompt
-    embeddings as well, or None."""
+    embeddings as well, or None. ``motion``: ``{"adapter", "patch_size"}`` to cache each clip's reference
+    energy (`MotionEnergyAdapter.reference_energy` on the token grid), or None."""
     cache_dir = Path(cache_dir)
-    key = cache_key(clips, vae, data_settings, text)
+    key = cache_key(clips, vae, data_settings, text, motion)
     meta, building = cache_dir / META, cache_dir / BUILDING
     if meta.is_file():
         found = json.loads(meta.read_text())
@@ -49,7 +51,7 @@ def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_set
             partial.write_text(json.dumps(key))
     accelerator.wait_for_everyone()
     mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
-    _encode(mine, cache_dir, clips, vae, data_settings, text, batch_size, accelerator.device,
+    _encode(mine, cache_dir, clips, vae, data_settings, text, motion, batch_size, accelerator.device,
             progress=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -61,7 +63,7 @@ def prepare_cache(accelerator, cache_dir: Path, clips: list[Clip], vae, data_set
 
 
 @torch.no_grad()
-def _encode(indices, cache_dir, clips, vae, d, text, batch_size, device, progress):
+def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device, progress):
     bar = tqdm(total=len(indices), desc="caching latents", unit="clip", disable=not progress)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
@@ -72,11 +74,18 @@ def _encode(indices, cache_dir, clips, vae, d, text, batch_size, device, progres
             ids, mask = tokenize(text["tokenizer"], [clips[i].caption for i in chunk], text["max_sequence_length"])
             embeds = encode_tokens(text["encoder"], ids.to(device), mask.to(device))
             lengths = mask.sum(1).tolist()
+        energy = None
+        if motion is not None:
+            grid = [n // p for n, p in zip(posterior.mean.shape[2:], motion["patch_size"])]
+            frames = (videos.permute(0, 2, 1, 3, 4).float() + 1) / 2  # (B, T, 3, H, W) in [0, 1]
+            energy = motion["adapter"].reference_energy(frames.to(device), grid)
         for j, i in enumerate(chunk):
             item = {"latent_mean": posterior.mean[j].float().cpu().contiguous(),
                     "latent_logvar": posterior.logvar[j].float().cpu().contiguous()}
             if embeds is not None:
                 item["prompt_embeds"] = embeds[j, : lengths[j]].float().cpu().contiguous()
+            if energy is not None:
+                item["motion_energy"] = energy[j].float().cpu().contiguous()
             with atomic_output(cache_dir / f"{i:06d}.safetensors") as partial:
                 save_file(item, str(partial))
         bar.update(len(chunk))

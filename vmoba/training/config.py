@@ -27,7 +27,8 @@ from .. import checks
 from ..config import VMoBAConfig
 
 TASKS = ("text_to_video", "autoencoder")
-TRAINABLE = ("transformer", "text_encoder")
+TRAINABLE = ("transformer", "text_encoder", "motion_adapter")
+DIRECTION_WORDS = ["left", "right", "up", "down"]
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,18 @@ class AutoencoderSettings:
 
 
 @dataclass
+class MotionAdapterSettings:
+    """The `MotionEnergyAdapter` that ``model.train: [motion_adapter]`` attaches and trains; each clip's own
+    motion energy is its reference."""
+
+    pooling: str = "global"  # global (motion only) or tokens (motion where it happens)
+    hidden: int = 128
+    energy: str = "default"  # default: MotionEnergy()'s bank; flow: the filters of the shipped flow model
+    # words taken out of the captions, so that the motion has to come from the reference
+    drop_words: list[str] = field(default_factory=lambda: list(DIRECTION_WORDS))
+
+
+@dataclass
 class TrainingSettings:
     output_dir: str = ""
     max_steps: int = 0
@@ -137,6 +150,7 @@ class TrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     flow: FlowSettings = field(default_factory=FlowSettings)
     autoencoder: AutoencoderSettings = field(default_factory=AutoencoderSettings)
+    motion_adapter: MotionAdapterSettings = field(default_factory=MotionAdapterSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     source: str = "<dict>"  # where the config came from, for error messages
@@ -289,7 +303,10 @@ def _check(c: TrainConfig) -> None:
     for item in m.train:
         choice("model.train", item, TRAINABLE)
     if c.task == "text_to_video" and not m.train:
-        fail("model.train", "must list at least one of transformer, text_encoder")
+        fail("model.train", f"must list at least one of {', '.join(TRAINABLE)}")
+    if c.task == "autoencoder" and "motion_adapter" in m.train:
+        fail("model.train", "lists motion_adapter, which conditions the transformer; the autoencoder task trains "
+             "the VAE alone")
     if len(set(m.train)) != len(m.train):
         fail("model.train", f"lists a component twice: {m.train}")
     if m.lora is not None:
@@ -299,7 +316,7 @@ def _check(c: TrainConfig) -> None:
             fail("model.lora.dropout", f"must be in [0, 1), got {m.lora.dropout}")
         if not m.lora.target_modules:
             fail("model.lora.target_modules", "must name at least one module")
-        if m.train != ["transformer"]:
+        if [x for x in m.train if x != "motion_adapter"] != ["transformer"]:
             fail("model.train", f"must be [transformer] with model.lora (LoRA adapts the transformer), got {m.train}")
         if m.from_scratch:
             fail("model.lora", "adapts pretrained weights; it cannot be combined with model.from_scratch")
@@ -344,6 +361,22 @@ def _check(c: TrainConfig) -> None:
     choice("autoencoder.mid_attention", a.mid_attention, ("train", "identity"))
     positive("autoencoder.kl_weight", a.kl_weight, zero=True)
     positive("autoencoder.statistics_clips", a.statistics_clips)
+
+    ma = c.motion_adapter
+    choice("motion_adapter.pooling", ma.pooling, ("global", "tokens"))
+    positive("motion_adapter.hidden", ma.hidden)
+    choice("motion_adapter.energy", ma.energy, ("default", "flow"))
+    for i, word in enumerate(ma.drop_words):
+        if not word.strip() or len(word.split()) != 1:
+            fail(f"motion_adapter.drop_words[{i}]", f"must be one word, got {word!r}")
+    if "motion_adapter" in m.train:
+        if c.validation.every or c.validation.prompts:
+            fail("validation", "samples prompts without a motion reference, which the motion adapter needs: leave "
+                 "validation.every and validation.prompts empty and measure the export with "
+                 "benchmarks/motion_reference_check.py")
+        if c.training.sequence_parallel > 1:
+            fail("training.sequence_parallel", "is not supported with model.train: [motion_adapter] yet: train the "
+                 "adapter with data parallelism (sequence_parallel: 1)")
 
     t = c.training
     if not t.output_dir:

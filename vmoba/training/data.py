@@ -211,6 +211,13 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return self.sample(index)
 
 
+def drop_words(caption: str, words) -> str:
+    """``caption`` without the given words (whole words, any case; the rest keeps its order and spacing is
+    normalised): "a red circle moves left" without the direction words is "a red circle moves"."""
+    dropped = {w.lower() for w in words}
+    return " ".join(w for w in caption.split() if w.lower().strip(".,;:!?") not in dropped)
+
+
 def collate(items: list[dict]) -> dict:
     out = {}
     for key in items[0]:
@@ -219,9 +226,10 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def cache_key(clips: list[Clip], vae, data_settings, text: dict | None) -> dict:
+def cache_key(clips: list[Clip], vae, data_settings, text: dict | None, motion: dict | None = None) -> dict:
     """What a latent cache depends on: the clips and captions, the VAE's config and weights, the frame
-    window, and (when text embeddings are cached) the text encoder and sequence length."""
+    window, (when text embeddings are cached) the text encoder and sequence length, and (when motion energy is
+    cached) the energy filters, their pooling and the transformer's patch."""
     h = hashlib.sha256()
     for clip in clips:
         stat = clip.path.stat()
@@ -242,6 +250,10 @@ def cache_key(clips: list[Clip], vae, data_settings, text: dict | None) -> dict:
     if text is not None:
         key["text_encoder"] = weights_hash(text["encoder"])
         key["max_sequence_length"] = text["max_sequence_length"]
+    if motion is not None:
+        adapter = motion["adapter"]
+        key["motion_energy"] = {"filters": weights_hash(adapter.energy), "energy_config": adapter.energy.config,
+                                "pooling": adapter.pooling, "patch_size": list(motion["patch_size"])}
     return key
 
 

@@ -3,6 +3,7 @@ writing the result: a diffusers pipeline folder, LoRA weights, or a VAE folder w
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ from diffusers.video_processor import VideoProcessor
 import vmoba
 
 from ..config import VMoBAConfig
+from ..motion import MotionEnergy, MotionEnergyAdapter, load_flow_model
 from ..pipelines.default import (_VAE, DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, build_default_pipeline,
                                  load_default_pipeline)
 from ..processors.families import model_family
@@ -168,6 +170,19 @@ def prepare_transformer(config: TrainConfig, pipe):
     if config.attention.mode == "vmoba":
         return vmoba.enable(transformer, vmoba_config(config))
     return {}
+
+
+def build_motion_adapter(config: TrainConfig, transformer) -> MotionEnergyAdapter:
+    """The adapter ``model.train: [motion_adapter]`` trains, attached to ``transformer``: seeded weights (its
+    projection starts at zero, so the model begins exactly as pretrained) and frozen energy filters, the
+    default bank or the shipped flow model's (``motion_adapter.energy``)."""
+    ma = config.motion_adapter
+    energy = MotionEnergy() if ma.energy == "default" else copy.deepcopy(load_flow_model().energy)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.training.seed)
+        adapter = MotionEnergyAdapter.for_transformer(transformer, energy=energy, hidden=ma.hidden,
+                                                      pooling=ma.pooling)
+    return adapter.attach(transformer)
 
 
 def export_pipeline(config: TrainConfig, pipe, out: Path, msl: int) -> None:

@@ -71,12 +71,16 @@ def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
 
 class FlowMatchingLoss(nn.Module):
     """Rectified-flow loss as Wan trains: ``x_s = (1 - s) x0 + s * noise``, the transformer predicts
-    ``noise - x0`` at timestep ``1000 s``; ``x0`` are VAE latents normalised by the VAE's latents_mean / std."""
+    ``noise - x0`` at timestep ``1000 s``; ``x0`` are VAE latents normalised by the VAE's latents_mean / std.
+
+    ``motion_adapter``: a `MotionEnergyAdapter` attached to the transformer; each clip is its own reference
+    (``batch["motion_energy"]`` from the latent cache, else the energy of ``batch["video"]``)."""
 
     def __init__(self, transformer, text_encoder, vae, tokenizer, *, train_text_encoder: bool, max_sequence_length: int,
-                 caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None):
+                 caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None, motion_adapter=None):
         super().__init__()
         self.transformer = transformer
+        self.motion_adapter = motion_adapter
         if train_text_encoder:
             self.text_encoder = text_encoder
         self.frozen = {"vae": vae, "tokenizer": tokenizer}
@@ -126,6 +130,11 @@ class FlowMatchingLoss(nn.Module):
         s = sample_sigmas(x0.shape[0], generator, shift=f.shift, sampling=f.timestep_sampling,
                           logit_mean=f.logit_mean, logit_std=f.logit_std).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        if self.motion_adapter is not None:
+            if "motion_energy" in batch:
+                self.motion_adapter.set_reference_energy(batch["motion_energy"])
+            else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
+                self.motion_adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
         return velocity_error(self.transformer, x0, context, s, noise)
 
 

@@ -18,6 +18,7 @@ the same order, with the same noise, as a run that was never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,9 +39,10 @@ from ..parallel.training import data_parallel_rank, enable_sequence_parallel, lo
 from ..video import to_uint8, write_video
 from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
-from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, read_clips
-from .models import (export_pipeline, load_pipeline, load_vae, max_sequence_length, measure_latent_statistics,
-                     prepare_transformer, save_pretrained)
+from ..pipelines.default import MOTION_ADAPTER_FILE
+from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, drop_words, read_clips
+from .models import (build_motion_adapter, export_pipeline, load_pipeline, load_vae, max_sequence_length,
+                     measure_latent_statistics, prepare_transformer, save_pretrained)
 from .objectives import AutoencoderLoss, FlowMatchingLoss
 from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
                     save_checkpoint)
@@ -102,7 +104,8 @@ def _identity(config: TrainConfig, world_size: int, dataset_size: int) -> dict:
             "sequence_parallel_layout": t.sequence_parallel_layout, "batch_size": t.batch_size,
             "gradient_accumulation_steps": t.gradient_accumulation_steps, "seed": t.seed,
             "dataset_size": dataset_size, "data": config.fingerprint("data"),
-            "model": config.fingerprint("model", "attention")}
+            "model": config.fingerprint("model", "attention",
+                                        *(["motion_adapter"] if "motion_adapter" in config.model.train else []))}
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -293,6 +296,11 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
 
     pipe = load_pipeline(config)
     msl = max_sequence_length(config, pipe)
+    adapter = None
+    if "motion_adapter" in config.model.train:
+        adapter = build_motion_adapter(config, pipe.transformer).to(device)
+        clips = [dataclasses.replace(c, caption=drop_words(c.caption, config.motion_adapter.drop_words))
+                 for c in clips]
     _warn_unknown_words(pipe.tokenizer, clips)
     processors = prepare_transformer(config, pipe)
     train_te = "text_encoder" in config.model.train
@@ -306,7 +314,8 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     if d.cache_dir:
         text = None if train_te else {"encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
                                       "max_sequence_length": msl}
-        cache = prepare_cache(accelerator, Path(d.cache_dir), clips, pipe.vae, d, text, t.batch_size)
+        motion = None if adapter is None else {"adapter": adapter, "patch_size": pipe.transformer.config.patch_size}
+        cache = prepare_cache(accelerator, Path(d.cache_dir), clips, pipe.vae, d, text, t.batch_size, motion)
         dataset = CachedLatentDataset(cache, clips, msl)
         if text is not None:
             empty = empty_prompt_embeds(text, device)
@@ -314,10 +323,16 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
         dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
-                              empty_embeds=empty)
+                              empty_embeds=empty, motion_adapter=adapter)
     used = next(iter(processors.values())).config if processors else None
+
+    def export(path: Path):
+        export_pipeline(config, pipe, path, msl)
+        if adapter is not None:
+            adapter.save_pretrained(path / MOTION_ADAPTER_FILE)
+
     return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
-            "vmoba_config": used, "export": lambda path: export_pipeline(config, pipe, path, msl)}
+            "vmoba_config": used, "export": export}
 
 
 def _attention_as_identity(*blocks) -> None:
