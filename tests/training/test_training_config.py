@@ -172,3 +172,28 @@ def test_cli_lists_the_training_and_data_commands():
                          text=True, check=True)
     for option in ("--out", "--count", "--frames", "--size", "--seed", "--force"):
         assert option in res.stdout
+
+
+def _training(**fields):
+    base = {"data": {"root": "d"}, "training": {"output_dir": "o", "max_steps": 1500, "learning_rate": 1.0,
+                                                 "lr_schedule": "cosine", "lr_warmup_steps": 100,
+                                                 "min_lr_ratio": 0.1, **fields}}
+    return config_from_dict(base).training
+
+
+def test_learning_rate_schedule_in_closed_form():
+    import math
+
+    from vmoba.training.trainer import learning_rate
+
+    t = _training()
+    assert learning_rate(t, 0) == pytest.approx(1 / 100) and learning_rate(t, 99) == pytest.approx(1.0)
+    for step in (100, 450, 800, 1499):
+        progress = (step - 100) / 1400
+        assert learning_rate(t, step) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    # a run stopped early on a longer schedule: the same rates as the long run, step for step
+    short = _training(max_steps=600, lr_schedule_steps=1500)
+    assert [learning_rate(short, s) for s in range(600)] == [learning_rate(t, s) for s in range(600)]
+    assert learning_rate(_training(max_steps=600), 450) < learning_rate(t, 450)
+    with pytest.raises(ConfigError, match="training.lr_schedule_steps must be at least lr_warmup_steps"):
+        _training(lr_schedule_steps=50)

@@ -113,6 +113,7 @@ class TrainingSettings:
     learning_rate: float = 1e-4
     lr_schedule: str = "constant"  # constant or cosine
     lr_warmup_steps: int = 0
+    lr_schedule_steps: int | None = None  # the cosine's length; None: max_steps (a run may stop before its end)
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of learning_rate
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -198,7 +199,7 @@ def load_config(path: str | Path) -> TrainConfig:
     # relative paths in the file are relative to the file, so a recipe runs from any working directory
     for obj, name, value in _paths(config):
         if not Path(value).is_absolute():
-            setattr(obj, name, str(base / value))
+            setattr(obj, name, os.path.normpath(base / value))  # one spelling per folder: a resumed run compares them
     return config
 
 
@@ -387,6 +388,10 @@ def _check(c: TrainConfig) -> None:
     positive("training.learning_rate", t.learning_rate)
     choice("training.lr_schedule", t.lr_schedule, ("constant", "cosine"))
     positive("training.lr_warmup_steps", t.lr_warmup_steps, zero=True)
+    positive("training.lr_schedule_steps", t.lr_schedule_steps)
+    if t.lr_schedule_steps is not None and t.lr_schedule_steps < t.lr_warmup_steps:
+        fail("training.lr_schedule_steps", f"must be at least lr_warmup_steps ({t.lr_warmup_steps}), got "
+             f"{t.lr_schedule_steps}")
     if not 0 <= t.min_lr_ratio <= 1:
         fail("training.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
     positive("training.weight_decay", t.weight_decay, zero=True)

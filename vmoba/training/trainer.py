@@ -59,7 +59,8 @@ def learning_rate(t, step: int) -> float:
         return t.learning_rate * (step + 1) / t.lr_warmup_steps
     if t.lr_schedule == "constant":
         return t.learning_rate
-    progress = (step - t.lr_warmup_steps) / max(1, t.max_steps - t.lr_warmup_steps)
+    horizon = t.lr_schedule_steps or t.max_steps
+    progress = (step - t.lr_warmup_steps) / max(1, horizon - t.lr_warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return t.learning_rate * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
 
