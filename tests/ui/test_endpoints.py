@@ -204,6 +204,34 @@ def test_motion_energy_reads_the_direction(client, tmp_path):
         client.predict(None, 9, api_name="/motion_energy")
 
 
+def test_motion_generate_follows_the_clip_through_the_shipped_adapter(client, tmp_path):
+    """The tab's clip goes to the embedded model's motion adapter: the result is what the library gives for
+    the same clip, prompt and seed (independent of the page), and bad input is named."""
+    from vmoba.pipelines import load_motion_adapter, load_pipeline
+    from vmoba.processors import enable
+    from vmoba.video import to_uint8
+
+    clip = moving_square_clip(frames=9, dx=2)
+    right = write_clip(tmp_path / "right.mp4", clip)
+    video, text = client.predict(video_input(right), 9, "a red circle", 1, api_name="/motion_generate")
+    frames = read_video(video)
+    assert frames.shape == (17, 256, 256, 3) and "'a red circle', seed 1" in text
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    enable(pipe, DEFAULT_VMOBA_CONFIG)
+    adapter = load_motion_adapter()
+    reference = torch.from_numpy(read_video(right)).permute(0, 3, 1, 2).float() / 255
+    with adapter.attached(pipe.transformer, reference):
+        expected = pipe("a red circle", num_inference_steps=20, guidance_scale=5.0, output_type="np",
+                        generator=torch.Generator().manual_seed(1)).frames[0]
+    shown = frames.reshape(17, 64, 4, 64, 4, 3).mean(axis=(2, 4))  # the page shows it 4x larger
+    assert np.abs(shown - to_uint8(expected).astype(float)).mean() < 6  # H.264 of the enlarged clip
+    with pytest.raises(Exception, match="prompt must be some words"):
+        client.predict(video_input(right), 9, "  ", 0, api_name="/motion_generate")
+    with pytest.raises(Exception, match="no video given"):
+        client.predict(None, 9, "a red circle", 0, api_name="/motion_generate")
+
+
 def test_attention_speed_table(client):
     knobs = [0.25, "threshold", "query_head", "token", "1d,2d,3d", 3, 32, 80, 1, 2, 2, 1, 2, 2]
     table, text, partition = client.predict(2, 4, 8, 1, 16, *knobs, api_name="/attention_speed")

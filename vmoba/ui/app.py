@@ -37,7 +37,7 @@ def build_app(models_dir: str | Path | None = None, *, limits: Limits = DEFAULT_
             with gr.Tab("Events to video", id="events"):
                 events.build(outputs, limits)
             with gr.Tab("Motion energy", id="motion"):
-                motion.build(outputs, limits)
+                motion.build(outputs, limits, registry)
             with gr.Tab("Attention speed", id="speed"):
                 speed.build(limits)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)

@@ -15,8 +15,10 @@ from PIL import Image, ImageDraw
 
 from .. import checks
 from ..motion import flow_to_rgb, load_flow_model
+from ..pipelines import DEFAULT_VMOBA_CONFIG, load_motion_adapter
 from ..motion.render import vectors_to_rgb
 from ..motion.synthetic import AffineMotion, dots_clip, grating_clip, image_clip, load_image
+from .generation import Generation, VideoRequest, generate
 from .limits import Limits
 from .media import fit_side, read_clip, resize_clip
 
@@ -169,3 +171,21 @@ def colour_wheel(size: int) -> np.ndarray:
     rgb = vectors_to_rgb(vx, vy, max_magnitude=1.0)
     rgb[np.hypot(vx, vy) > 1] = 255
     return rgb
+
+
+@functools.lru_cache(maxsize=1)
+def motion_adapter():
+    """The embedded model's motion adapter, loaded once (FileNotFoundError when the package ships none)."""
+    adapter = load_motion_adapter()
+    adapter.requires_grad_(False)
+    return adapter
+
+
+def generate_with_motion(pipe, clip: np.ndarray, request: VideoRequest, *,
+                         on_step: Callable[[int, int], None] | None = None) -> Generation:
+    """A clip of the embedded model for ``request`` (a prompt without a direction) that moves as ``clip``
+    (``(T, H, W, 3)`` in [0, 1], e.g. from `load_clip`) moves, through the shipped motion adapter."""
+    adapter = motion_adapter()
+    reference = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
+    with adapter.attached(pipe.transformer, reference):
+        return generate(pipe, request, "vmoba", DEFAULT_VMOBA_CONFIG, on_step=on_step, capture=False)

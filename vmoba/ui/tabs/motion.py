@@ -5,10 +5,12 @@ from __future__ import annotations
 import gradio as gr
 
 from ..files import OutputFolder
+from ..generation import VideoRequest
 from ..limits import Limits, whole
 from ..media import save_video, under_label
-from ..motion_demo import analyse, energy_panel, example_clips, flow_picture, load_clip
-from .common import COMPUTE, user_errors
+from ..models import DEFAULT_MODEL, ModelRegistry
+from ..motion_demo import analyse, energy_panel, example_clips, flow_picture, generate_with_motion, load_clip
+from .common import COMPUTE, progress_callback, user_errors
 
 NOTE = """
 **What to expect.** The energy stage is the classic Adelson-Bergen bank (16 directions, 8 preferred speeds): it
@@ -20,7 +22,14 @@ middle frame, in pixels per frame of the clip as analysed (after resizing).
 """
 
 
-def build(outputs: OutputFolder, limits: Limits) -> None:
+MOTION_NOTE = """
+**Generate with this motion.** The embedded model's motion adapter reads how the clip above moves (its motion
+energy averaged over the frame: direction and speed, not where things are or what they look like) and steers a
+new clip of the prompt that way. Leave the direction out of the prompt ("a red circle").
+"""
+
+
+def build(outputs: OutputFolder, limits: Limits, registry: ModelRegistry) -> None:
     gr.Markdown(NOTE)
     examples = {name: save_video(outputs, clip, fps=8) for name, clip in example_clips().items()}
     with gr.Row():
@@ -46,6 +55,30 @@ def build(outputs: OutputFolder, limits: Limits) -> None:
                 under_label(energy_panel(result.energy, result.directions, result.speeds, result.num_orientations)),
                 f"{len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}. " + result.summary)
 
+    gr.Markdown(MOTION_NOTE)
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(value="a red circle", label="prompt (no direction)", max_lines=1,
+                                max_length=limits.max_prompt_chars, elem_id="me-prompt")
+            seed = gr.Number(value=0, precision=0, label="seed")
+            follow = gr.Button("Generate with this motion", elem_id="me-generate")
+        with gr.Column(scale=3):
+            generated = gr.Video(label="generated clip, moving as the clip above", autoplay=True, loop=True,
+                                 interactive=False, elem_id="me-generated")
+            generated_text = gr.Markdown(elem_id="me-generated-summary")
+
+    @user_errors
+    def on_follow(video_, frames_, prompt_, seed_, progress=gr.Progress()):
+        clip = load_clip(video_, limits, frames=whole(frames_))
+        request = VideoRequest.checked(prompt_, 17, 64, 64, 20, 5.0, seed_, limits)
+        result = generate_with_motion(registry.load(DEFAULT_MODEL), clip, request,
+                                      on_step=progress_callback(progress, "denoising step"))
+        return (save_video(outputs, result.frames, fps=8, scale=4),
+                f"'{request.prompt}', seed {request.seed}, moving as the {len(clip)}-frame clip above; "
+                f"{result.seconds:.1f} s")
+
     run.click(on_run, [video, frames], [flow, energy, summary], api_name="motion_energy", **COMPUTE)
+    follow.click(on_follow, [video, frames, prompt, seed], [generated, generated_text], api_name="motion_generate",
+                 **COMPUTE)
     example_set.load_input_event.then(on_run, [video, frames], [flow, energy, summary], api_visibility="undocumented",
                                       **COMPUTE)
