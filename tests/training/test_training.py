@@ -120,6 +120,33 @@ def test_autoencoder_options_mean_decoding_and_identity_attention():
             assert (a == b) is same
 
 
+def test_edge_weight_adds_the_error_of_neighbouring_pixel_differences():
+    """Against a float64 loop: L1 of the horizontal and vertical differences, weighted, on top of pixel L1."""
+    from vmoba.training.objectives import AutoencoderLoss
+
+    vae = build_default_pipeline(seed=3).vae.double()
+    video = {"video": (torch.rand(1, 3, 5, 16, 16, dtype=torch.float64) * 2 - 1)}
+    with torch.no_grad():
+        plain = AutoencoderLoss(vae, kl_weight=0.0, sample_posterior=False)(video, torch.Generator()).item()
+        edged = AutoencoderLoss(vae, kl_weight=0.0, sample_posterior=False, edge_weight=0.5)(video,
+                                                                                              torch.Generator()).item()
+        recon = vae.decode(vae.encode(video["video"]).latent_dist.mean).sample.float().double()
+    x = video["video"].float().double()
+    total, count = {}, {}
+    for name, (dy, dx) in {"x": (0, 1), "y": (1, 0)}.items():
+        H, W = x.shape[-2] - dy, x.shape[-1] - dx
+        err = 0.0
+        for i in range(H):
+            for j in range(W):
+                a = recon[..., i + dy, j + dx] - recon[..., i, j]
+                b = x[..., i + dy, j + dx] - x[..., i, j]
+                err += (a - b).abs().sum().item()
+        total[name], count[name] = err, x[..., :H, :W].numel()
+    expected = plain + 0.5 * sum(total[n] / count[n] for n in total)
+    assert edged == pytest.approx(expected, rel=1e-5)
+    assert edged > plain
+
+
 def test_cache_key_ignores_where_the_vae_was_loaded_from(tmp_path, data):
     from vmoba.training.data import cache_key
 

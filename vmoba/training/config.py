@@ -85,6 +85,7 @@ class FlowSettings:
 @dataclass
 class AutoencoderSettings:
     reconstruction: str = "l1"  # l1 or mse, on pixels in [-1, 1]
+    edge_weight: float = 0.0  # weight of the same error on neighbouring-pixel differences (sharper edges)
     kl_weight: float = 1e-6
     statistics_clips: int = 256  # clips over which latents_mean / latents_std of the saved VAE are measured
     sample_posterior: bool = True  # decode a posterior sample (a VAE); false: the posterior mean (an autoencoder)
@@ -361,6 +362,7 @@ def _check(c: TrainConfig) -> None:
     choice("autoencoder.reconstruction", a.reconstruction, ("l1", "mse"))
     choice("autoencoder.mid_attention", a.mid_attention, ("train", "identity"))
     positive("autoencoder.kl_weight", a.kl_weight, zero=True)
+    positive("autoencoder.edge_weight", a.edge_weight, zero=True)
     positive("autoencoder.statistics_clips", a.statistics_clips)
 
     ma = c.motion_adapter

@@ -284,7 +284,8 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
         dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
         module = AutoencoderLoss(vae, reconstruction=config.autoencoder.reconstruction,
                                  kl_weight=config.autoencoder.kl_weight,
-                                 sample_posterior=config.autoencoder.sample_posterior)
+                                 sample_posterior=config.autoencoder.sample_posterior,
+                                 edge_weight=config.autoencoder.edge_weight)
 
         def export(path: Path):
             stats_set = VideoCaptionDataset(clips, d.num_frames, d.height, d.width)
