@@ -251,7 +251,6 @@ def main():
         return path
 
     for name, grid in shapes.items():
-        S = math.prod(grid)
         q, k, v = structured_qkv(1, grid, heads, head_dim, dtype=dtype, device=device, sharpness=2.0)
         dout = torch.randn_like(q)
         dense_ms, dense_out = dense_baselines(q, k, v, dout, device, name, results)

@@ -40,7 +40,6 @@ def run_case(grid, layer, config, B, H, D, text_len, text_first, dtype, seed, to
     ref = dense_masked_attention(q, k, v, mask)
     err = (out.double() - ref).norm() / ref.norm()
     assert err < tol, f"relative error {err:.2e}"
-    n_vid = S - text_len
     assert stats.density == pytest.approx(token_mask[..., get_partition(grid, scheme, config.chunk_for_scheme(scheme)).block_ids].float().mean().item(), rel=1e-5)
     return stats
 

@@ -11,7 +11,7 @@ import torch
 
 import vmoba
 from diffusers.utils import is_xformers_available
-from vmoba import VMoBAConfig, VMoBAProcessor
+from vmoba import VMoBAProcessor
 from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, build_default_pipeline
 from vmoba.video import psnr, read_video
 

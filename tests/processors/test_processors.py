@@ -1,6 +1,5 @@
 """VMoBAProcessor on tiny random-weight models of every supported family, against their default processors."""
 
-import math
 
 import pytest
 import torch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 from pathlib import Path
 
@@ -146,3 +147,33 @@ def load_default_pipeline(path: str | Path | None = None, *, quiet: bool = False
         logger.warning("the embedded default model has random weights (no trained weights in %s): it runs end to end "
                        "but its videos are noise", folder)
     return build_default_pipeline()
+
+
+def _folder_json(path: Path) -> dict:
+    """A JSON object file of a pretrained folder, or {} when it is missing or not one (the pipeline loader
+    reports malformed folders; here they only mean no recorded attention config)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def base_vmoba_config(pretrained: str):
+    """The `VMoBAConfig` a model is sampled and fine-tuned with before the YAML's fields: the one a ``vmoba
+    train`` export records (its training.json), else `DEFAULT_VMOBA_CONFIG` for the default model's
+    architecture (``"default"`` or a `VMoBAWanPipeline` folder: its small grids need small blocks), else
+    `VMoBAConfig()` (Wan 480p blocks)."""
+    if pretrained == "default":
+        return DEFAULT_VMOBA_CONFIG
+    folder = Path(pretrained)
+    recorded = _folder_json(folder / "training.json").get("vmoba_config")
+    if isinstance(recorded, dict):
+        try:
+            return VMoBAConfig.from_dict(recorded)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{folder / 'training.json'}: the recorded vmoba_config is not a valid VMoBAConfig: "
+                             f"{exc}") from None
+    if _folder_json(folder / "model_index.json").get("_class_name") == VMoBAWanPipeline.__name__:
+        return DEFAULT_VMOBA_CONFIG
+    return VMoBAConfig()

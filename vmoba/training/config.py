@@ -25,6 +25,7 @@ import yaml
 
 from .. import checks
 from ..config import VMoBAConfig
+from ..pipelines.default import base_vmoba_config
 
 TASKS = ("text_to_video", "autoencoder")
 TRAINABLE = ("transformer", "text_encoder", "motion_adapter")
@@ -425,3 +426,12 @@ def _check(c: TrainConfig) -> None:
     for i, prompt in enumerate(v.prompts):
         if not prompt.strip():
             fail(f"validation.prompts[{i}]", "is empty")
+
+
+def vmoba_config(config: TrainConfig):
+    """The VMoBAConfig for training: the model's own (`base_vmoba_config`), with the YAML's fields on top."""
+    try:
+        base = base_vmoba_config(config.model.pretrained)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: model.pretrained: {exc}") from None
+    return base.replace(**config.attention.vmoba) if config.attention.vmoba else base

@@ -14,12 +14,12 @@ from diffusers.video_processor import VideoProcessor
 
 import vmoba
 
-from ..config import VMoBAConfig
 from ..motion import MotionEnergy, MotionEnergyAdapter, load_flow_model
-from ..pipelines.default import (_VAE, DEFAULT_VMOBA_CONFIG, WEIGHTS_DIR, VMoBAWanPipeline, build_default_pipeline,
+from ..pipelines.default import (_VAE, WEIGHTS_DIR, build_default_pipeline,
                                  load_default_pipeline)
+from ..pipelines.loading import load_pipeline as load_pipeline_folder
 from ..processors.families import model_family
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, vmoba_config
 
 logger = logging.getLogger("vmoba")
 
@@ -55,8 +55,6 @@ def load_vae(config: TrainConfig):
 
 def load_pipeline(config: TrainConfig):
     """The pipeline whose transformer (and text encoder) the text-to-video task trains."""
-    from ..pipelines.loading import load_pipeline as load_pipeline_folder  # it imports this module
-
     m = config.model
     seed = config.training.seed
     if m.pretrained == "default":
@@ -102,45 +100,6 @@ def max_sequence_length(config: TrainConfig, pipe) -> int:
     if config.model.max_sequence_length is not None:
         return config.model.max_sequence_length
     return int(pipe.config.get("max_sequence_length", 512) or 512)
-
-
-def _folder_json(path: Path) -> dict:
-    """A JSON object file of a pretrained folder, or {} when it is missing or not one (the pipeline loader
-    reports malformed folders; here they only mean no recorded attention config)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def base_vmoba_config(pretrained: str):
-    """The `VMoBAConfig` a model is sampled and fine-tuned with before the YAML's fields: the one a ``vmoba
-    train`` export records (its training.json), else `DEFAULT_VMOBA_CONFIG` for the default model's
-    architecture (``"default"`` or a `VMoBAWanPipeline` folder: its small grids need small blocks), else
-    `VMoBAConfig()` (Wan 480p blocks)."""
-    if pretrained == "default":
-        return DEFAULT_VMOBA_CONFIG
-    folder = Path(pretrained)
-    recorded = _folder_json(folder / "training.json").get("vmoba_config")
-    if isinstance(recorded, dict):
-        try:
-            return VMoBAConfig.from_dict(recorded)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{folder / 'training.json'}: the recorded vmoba_config is not a valid VMoBAConfig: "
-                             f"{exc}") from None
-    if _folder_json(folder / "model_index.json").get("_class_name") == VMoBAWanPipeline.__name__:
-        return DEFAULT_VMOBA_CONFIG
-    return VMoBAConfig()
-
-
-def vmoba_config(config: TrainConfig):
-    """The VMoBAConfig for training: the model's own (`base_vmoba_config`), with the YAML's fields on top."""
-    try:
-        base = base_vmoba_config(config.model.pretrained)
-    except ValueError as exc:
-        raise ConfigError(f"{config.source}: model.pretrained: {exc}") from None
-    return base.replace(**config.attention.vmoba) if config.attention.vmoba else base
 
 
 def prepare_transformer(config: TrainConfig, pipe):

@@ -42,7 +42,26 @@ def example_clips(size: int = 96, frames: int = 9) -> dict[str, np.ndarray]:
     clips = {"photo moving right and up, 2.2 px/frame": photo,
              "random dots moving down, 1.5 px/frame": dots,
              "grating drifting left, 1 px/frame": grating}
-    return {name: np.repeat(c.clamp(0, 1).numpy()[..., None], 3, axis=-1).astype(np.float32) for name, c in clips.items()}
+    out = {name: np.repeat(c.clamp(0, 1).numpy()[..., None], 3, axis=-1).astype(np.float32) for name, c in clips.items()}
+    # the default model's own kind of clip (64 x 64, 16 frames): a reference for "Generate with this motion"
+    triangle, speed = shape_clip("blue", "triangle", "up")
+    out[f"blue triangle moving up, {speed:.1f} px/frame"] = triangle
+    return out
+
+
+def shape_clip(color: str, shape: str, direction: str, *, size: int = 64, frames: int = 16) -> tuple[np.ndarray, float]:
+    """A clip of the default model's training kind (a shape moving over plain grey), centred so that its path
+    stays in the frame: ``(T, H, W, 3)`` float in [0, 1], and its speed in pixels per frame."""
+    import dataclasses
+
+    from ..training.shapes import COLORS, DIRECTIONS, clip_spec, render_clip
+
+    spec = clip_spec(0, frames=frames, size=size, seed=0)
+    dx, dy = DIRECTIONS[direction]
+    travel = spec.speed * (frames - 1)
+    start = (size / 2 - dx * travel / 2, size / 2 - dy * travel / 2)
+    spec = dataclasses.replace(spec, color=color, shape=shape, direction=direction, rgb=COLORS[color], start=start)
+    return render_clip(spec, frames=frames, size=size).astype(np.float32) / 255, spec.speed
 
 
 @dataclass
