@@ -253,3 +253,54 @@ def test_attaching_does_not_make_the_transformer_part_of_the_adapter(wan, tmp_pa
     from safetensors.torch import load_file
 
     assert set(load_file(tmp_path / "a.safetensors")) == keys
+
+
+def text_adapter(model):
+    return MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3),
+                                               hidden=16, pooling="global", inject="text")
+
+
+def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip(wan):
+    model, inputs = wan
+    adapter = text_adapter(model)
+    assert adapter.inner_dim == TINY_WAN["text_dim"]
+    with torch.no_grad():
+        before = model(**inputs).sample
+        with adapter.attached(model, reference(0.0)):
+            untrained = model(**inputs).sample
+        assert torch.equal(before, untrained)
+        torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+        adapter.set_reference(reference(0.0))
+        vector = adapter.condition((1, 1, 1)).flatten(1)  # (1, text_dim)
+        # the reference: the same model called with that vector added to every text embedding by hand
+        shifted = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] + vector[:, None])
+        expected = model(**shifted).sample
+        with adapter.attached(model):
+            steered = model(**inputs).sample
+            adapter.set_reference(reference(math.pi))
+            other = model(**inputs).sample
+    torch.testing.assert_close(steered, expected)
+    assert not torch.allclose(steered, before) and not torch.allclose(steered, other)
+    # cached features give the same vector
+    cached = adapter.reference_energy(reference(0.0), (3, 8, 8))
+    assert cached.shape[2:] == (1, 1, 1)
+    adapter.set_reference_energy(cached)
+    torch.testing.assert_close(adapter.condition((1, 1, 1)).flatten(1), vector)
+
+
+def test_text_injection_settings_are_checked_and_saved(wan, tmp_path):
+    model, _ = wan
+    energy = MotionEnergy(num_orientations=4, num_scales=3)
+    with pytest.raises(ValueError, match="needs pooling='global'"):
+        MotionEnergyAdapter(16, energy=energy, inject="text")
+    with pytest.raises(ValueError, match="inject"):
+        MotionEnergyAdapter(16, energy=energy, pooling="global", inject="both")
+    with pytest.raises(ValueError, match="text width"):
+        MotionEnergyAdapter(17, energy=energy, pooling="global", inject="text").attach(model)
+    adapter = text_adapter(model)
+    c = energy.num_channels
+    with pytest.raises(ValueError, match=rf"\(B, {c}, 1, 1, 1\)"):
+        adapter.set_reference_energy(torch.zeros(1, c, 3, 1, 1))
+    adapter.save_pretrained(tmp_path / "t.safetensors")
+    loaded = MotionEnergyAdapter.from_pretrained(tmp_path / "t.safetensors")
+    assert (loaded.inject, loaded.pooling, loaded.inner_dim) == ("text", "global", TINY_WAN["text_dim"])

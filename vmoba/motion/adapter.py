@@ -22,6 +22,11 @@ save with ``save_pretrained``. The energy filters are frozen unless ``train_ener
 encoder: the conditioning then carries how the reference moves (direction and speed, over time) and nothing
 of where its objects are or what outline they have, so a reference of one shape can steer a clip of another.
 ``pooling="tokens"`` (the default) keeps the energy of each token's patch.
+
+``inject="text"`` adds the conditioning to the text embeddings the transformer's cross-attention reads
+(the input of ``condition_embedder.text_embedder``) instead of the patch embeddings: one vector per clip, from
+the energy averaged over the whole reference in space and time. A model that learned directions from words
+already reads them there, so a frozen transformer can be steered through that path.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .clip import as_clip
 from .energy import MotionEnergy
 
 POOLING = ("tokens", "global")
+INJECT = ("patch", "text")
 
 
 class MotionEnergyAdapter(nn.Module):
@@ -55,16 +61,22 @@ class MotionEnergyAdapter(nn.Module):
         scale: multiplies the conditioning (0 turns it off without detaching).
         pooling: ``"tokens"`` (energy of each token's patch) or ``"global"`` (the whole frame's energy, the
             same for every token of a latent frame: motion without position or shape).
+        inject: ``"patch"`` (added to the patch embeddings; ``inner_dim`` is their width) or ``"text"``
+            (added to every text embedding; ``inner_dim`` is the transformer's ``text_dim``; always global).
     """
 
     def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
-                 train_energy: bool = False, scale: float = 1.0, pooling: str = "tokens") -> None:
+                 train_energy: bool = False, scale: float = 1.0, pooling: str = "tokens",
+                 inject: str = "patch") -> None:
         super().__init__()
         inner_dim = checks.integer("inner_dim", inner_dim, min=1)
         hidden = checks.integer("hidden", hidden, min=1)
         train_energy = checks.boolean("train_energy", train_energy)
         scale = checks.real("scale", scale)
         self.pooling = checks.choice("pooling", pooling, POOLING)
+        self.inject = checks.choice("inject", inject, INJECT)
+        if self.inject == "text" and self.pooling != "global":
+            raise ValueError("inject='text' adds one vector per clip: it needs pooling='global'")
         if energy is not None and not isinstance(energy, MotionEnergy):
             raise TypeError(f"energy must be a MotionEnergy or None, got {type(energy).__name__}")
         self.energy = energy if energy is not None else MotionEnergy()
@@ -88,8 +100,17 @@ class MotionEnergyAdapter(nn.Module):
 
     @classmethod
     def for_transformer(cls, transformer: nn.Module, **kwargs: Any) -> "MotionEnergyAdapter":
-        """An adapter sized for ``transformer`` (reads the width of its ``patch_embedding``)."""
+        """An adapter sized for ``transformer`` (the width of its ``patch_embedding``, or of the text embeddings
+        with ``inject="text"``)."""
+        if kwargs.get("inject", "patch") == "text":
+            return cls(_text_embedder(transformer).linear_1.in_features, **kwargs)
         return cls(_patch_embedding(transformer).out_channels, **kwargs)
+
+    def feature_grid(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The grid of the energy features this adapter reads for the token grid ``(T', H', W')``."""
+        if self.inject == "text":
+            return (1, 1, 1)
+        return (grid[0], 1, 1) if self.pooling == "global" else tuple(grid)
 
     # ---- reference clip -----------------------------------------------------------------------------------
 
@@ -112,6 +133,9 @@ class MotionEnergyAdapter(nn.Module):
         if not isinstance(energy, torch.Tensor) or energy.dim() != 5 or energy.shape[1] != expected:
             shape = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
             raise ValueError(f"reference energy must be (B, {expected}, T', H', W'), got {shape}")
+        if self.inject == "text" and energy.shape[2:] != (1, 1, 1):
+            raise ValueError(f"a text-injecting adapter takes energy of shape (B, {expected}, 1, 1, 1), got "
+                             f"{tuple(energy.shape)}")
         if self.pooling == "global" and energy.shape[3:] != (1, 1):
             raise ValueError(f"a globally pooled adapter takes energy of shape (B, {expected}, T', 1, 1), got "
                              f"{tuple(energy.shape)}")
@@ -128,7 +152,7 @@ class MotionEnergyAdapter(nn.Module):
         takes), without keeping the clip."""
         clip, _ = as_clip(frames, min_frames=self.energy.min_frames, min_size=self.energy.min_size,
                           name="reference frames")
-        return self._features(clip, tuple(int(g) for g in grid))
+        return self._features(clip, self.feature_grid(tuple(int(g) for g in grid)))
 
     def energy_features(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """Normalised energy of the reference on the token grid ``(T', H', W')``: ``(B, C, T', H', W')``.
@@ -136,8 +160,11 @@ class MotionEnergyAdapter(nn.Module):
         Time is split into ``T'`` equal bins (one per latent frame); space is averaged over each token's patch,
         or over the whole frame (``pooling="global"``, broadcast to every token).
         """
+        grid = tuple(grid)
         if self._reference_energy is not None:
             e = self._reference_energy
+            if self.inject == "text":
+                return e
             if e.shape[2] != grid[0] or (self.pooling == "tokens" and tuple(e.shape[3:]) != tuple(grid[1:])):
                 raise ValueError(f"the reference energy was computed for the token grid {tuple(e.shape[2:])}, the "
                                  f"transformer's is {tuple(grid)}")
@@ -146,8 +173,8 @@ class MotionEnergyAdapter(nn.Module):
             raise RuntimeError("MotionEnergyAdapter has no reference clip: call set_reference(frames) first")
         if grid in self._cache:
             return self._cache[grid]
-        e = self._features(self._reference, grid)
-        if self.pooling == "global":
+        e = self._features(self._reference, self.feature_grid(grid))
+        if self.pooling == "global" and self.inject == "patch":
             e = e.expand(-1, -1, *grid)
         if not self.train_energy:
             self._cache[grid] = e
@@ -157,38 +184,56 @@ class MotionEnergyAdapter(nn.Module):
         clip = clip.to(self.energy.raw_orientation.device)
         with torch.set_grad_enabled(self.train_energy and torch.is_grad_enabled()):
             e = self.energy(clip[:, :, None].expand(-1, -1, 1, -1, -1), temporal_bins=grid[0])
-            return F.adaptive_avg_pool3d(e, (grid[0], 1, 1) if self.pooling == "global" else grid)
+            return F.adaptive_avg_pool3d(e, grid)
 
     def condition(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """What is added to the patch embeddings: ``(B, inner_dim, T', H', W')``."""
+        """What is added to the patch embeddings: ``(B, inner_dim, T', H', W')`` (``(B, inner_dim, 1, 1, 1)``,
+        added to every text embedding, with ``inject="text"``)."""
         e = self.energy_features(grid)
         feats = torch.log(e * e.shape[1] + 1e-2)
         return self.scale * self.proj(self.encoder(feats))
 
     def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
-        """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch."""
+        """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch (with
+        ``inject="text"``: text embeddings ``(B, L, inner_dim)`` plus the clip's vector at every position)."""
+        if self.inject == "text":
+            if patch_embeddings.dim() != 3 or patch_embeddings.shape[2] != self.inner_dim:
+                raise ValueError(f"expected text embeddings (B, L, {self.inner_dim}), got "
+                                 f"{tuple(patch_embeddings.shape)}")
+            cond = self._batched(self.condition((1, 1, 1)).flatten(1)[:, None], patch_embeddings.shape[0])
+            return patch_embeddings + cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
         if patch_embeddings.dim() != 5 or patch_embeddings.shape[1] != self.inner_dim:
             raise ValueError(
                 f"expected patch embeddings (B, {self.inner_dim}, T', H', W'), got {tuple(patch_embeddings.shape)}"
             )
-        b = patch_embeddings.shape[0]
-        cond = self.condition(tuple(patch_embeddings.shape[2:]))
-        if cond.shape[0] != b:
-            if b % cond.shape[0]:
-                raise ValueError(
-                    f"reference batch {cond.shape[0]} does not divide the transformer batch {b}; pass one "
-                    f"reference clip or one per sample"
-                )
-            # classifier-free guidance batches repeat the samples: [uncond..., cond...]
-            cond = cond.repeat(b // cond.shape[0], 1, 1, 1, 1)
+        cond = self._batched(self.condition(tuple(patch_embeddings.shape[2:])), patch_embeddings.shape[0])
         return patch_embeddings + cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
+
+    @staticmethod
+    def _batched(cond: torch.Tensor, b: int) -> torch.Tensor:
+        """``cond`` for a batch of ``b``: one reference serves every sample, or one per sample, repeated for
+        classifier-free guidance batches (``[uncond..., cond...]``)."""
+        if cond.shape[0] == b:
+            return cond
+        if b % cond.shape[0]:
+            raise ValueError(f"reference batch {cond.shape[0]} does not divide the transformer batch {b}; pass one "
+                             f"reference clip or one per sample")
+        return cond.repeat(b // cond.shape[0], *([1] * (cond.dim() - 1)))
 
     # ---- attaching ----------------------------------------------------------------------------------------
 
     def attach(self, transformer: nn.Module) -> "MotionEnergyAdapter":
-        """Hook into ``transformer.patch_embedding``; its output then goes through `forward`."""
+        """Hook into ``transformer.patch_embedding`` (its output then goes through `forward`), or with
+        ``inject="text"`` into the input of ``transformer.condition_embedder.text_embedder``."""
         if self._handle is not None:
             raise RuntimeError("MotionEnergyAdapter is already attached; call detach() first")
+        if self.inject == "text":
+            embedder = _text_embedder(transformer)
+            if embedder.linear_1.in_features != self.inner_dim:
+                raise ValueError(f"adapter inner_dim {self.inner_dim} does not match the transformer's text width "
+                                 f"{embedder.linear_1.in_features}")
+            self._handle = embedder.register_forward_pre_hook(lambda module, args: (self(args[0]), *args[1:]))
+            return self
         embedding = _patch_embedding(transformer)
         if embedding.out_channels != self.inner_dim:
             raise ValueError(
@@ -225,7 +270,7 @@ class MotionEnergyAdapter(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"inner_dim": self.inner_dim, "hidden": self.hidden, "train_energy": self.train_energy,
-                "scale": self.scale, "pooling": self.pooling, "energy": self.energy.config}
+                "scale": self.scale, "pooling": self.pooling, "inject": self.inject, "energy": self.energy.config}
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -248,7 +293,7 @@ class MotionEnergyAdapter(nn.Module):
         config = json.loads(meta["config"])
         adapter = cls(config["inner_dim"], energy=MotionEnergy(**config["energy"]), hidden=config["hidden"],
                       train_energy=config["train_energy"], scale=config["scale"],
-                      pooling=config.get("pooling", "tokens"))
+                      pooling=config.get("pooling", "tokens"), inject=config.get("inject", "patch"))
         adapter.load_state_dict(load_file(str(path)))
         return adapter
 
@@ -261,3 +306,13 @@ def _patch_embedding(transformer: nn.Module) -> nn.Conv3d:
             "Wan-family transformers (diffusers.WanTransformer3DModel and relatives)"
         )
     return embedding
+
+
+def _text_embedder(transformer: nn.Module) -> nn.Module:
+    embedder = getattr(getattr(transformer, "condition_embedder", None), "text_embedder", None)
+    if embedder is None or not isinstance(getattr(embedder, "linear_1", None), nn.Linear):
+        raise TypeError(
+            f"{type(transformer).__name__} has no `condition_embedder.text_embedder`; inject='text' conditions "
+            "Wan-family transformers (diffusers.WanTransformer3DModel and relatives)"
+        )
+    return embedder

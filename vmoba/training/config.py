@@ -99,6 +99,7 @@ class MotionAdapterSettings:
     motion energy is its reference."""
 
     pooling: str = "global"  # global (motion only) or tokens (motion where it happens)
+    inject: str = "patch"  # patch (added to the patch embeddings) or text (to the text embeddings; global)
     hidden: int = 128
     energy: str = "default"  # default: MotionEnergy()'s bank; flow: the filters of the shipped flow model
     # words taken out of the captions, so that the motion has to come from the reference
@@ -368,6 +369,9 @@ def _check(c: TrainConfig) -> None:
 
     ma = c.motion_adapter
     choice("motion_adapter.pooling", ma.pooling, ("global", "tokens"))
+    choice("motion_adapter.inject", ma.inject, ("patch", "text"))
+    if ma.inject == "text" and ma.pooling != "global":
+        fail("motion_adapter.inject", "text adds one vector per clip and needs motion_adapter.pooling: global")
     positive("motion_adapter.hidden", ma.hidden)
     choice("motion_adapter.energy", ma.energy, ("default", "flow"))
     for i, word in enumerate(ma.drop_words):

@@ -253,7 +253,8 @@ def cache_key(clips: list[Clip], vae, data_settings, text: dict | None, motion: 
     if motion is not None:
         adapter = motion["adapter"]
         key["motion_energy"] = {"filters": weights_hash(adapter.energy), "energy_config": adapter.energy.config,
-                                "pooling": adapter.pooling, "patch_size": list(motion["patch_size"])}
+                                "pooling": adapter.pooling, "inject": adapter.inject,
+                                "patch_size": list(motion["patch_size"])}
     return key
 
 
