@@ -264,6 +264,7 @@ def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip
     model, inputs = wan
     adapter = text_adapter(model)
     assert adapter.inner_dim == TINY_WAN["text_dim"]
+    inputs["encoder_hidden_states"][:, 7:] = 0  # the prompt's last 5 positions are padding, as WanPipeline pads
     with torch.no_grad():
         before = model(**inputs).sample
         with adapter.attached(model, reference(0.0)):
@@ -272,9 +273,10 @@ def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip
         torch.nn.init.normal_(adapter.proj.weight, std=0.5)
         adapter.set_reference(reference(0.0))
         vector = adapter.condition((1, 1, 1)).flatten(1)  # (1, text_dim)
-        # the reference: the same model called with that vector added to every text embedding by hand
-        shifted = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] + vector[:, None])
-        expected = model(**shifted).sample
+        # the reference: the same model called with that vector written into the padding rows by hand
+        by_hand = inputs["encoder_hidden_states"].clone()
+        by_hand[:, 7:] = vector
+        expected = model(**dict(inputs, encoder_hidden_states=by_hand)).sample
         with adapter.attached(model):
             steered = model(**inputs).sample
             adapter.set_reference(reference(math.pi))
@@ -286,6 +288,10 @@ def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip
     assert cached.shape[2:] == (1, 1, 1)
     adapter.set_reference_energy(cached)
     torch.testing.assert_close(adapter.condition((1, 1, 1)).flatten(1), vector)
+    # a prompt without padding has nowhere to put the motion: refused, not silently ignored
+    full = dict(inputs, encoder_hidden_states=torch.randn(2, 12, TINY_WAN["text_dim"]))
+    with adapter.attached(model), pytest.raises(ValueError, match="padding positions"):
+        model(**full)
 
 
 def test_text_injection_settings_are_checked_and_saved(wan, tmp_path):

@@ -23,10 +23,11 @@ encoder: the conditioning then carries how the reference moves (direction and sp
 of where its objects are or what outline they have, so a reference of one shape can steer a clip of another.
 ``pooling="tokens"`` (the default) keeps the energy of each token's patch.
 
-``inject="text"`` adds the conditioning to the text embeddings the transformer's cross-attention reads
+``inject="text"`` writes the conditioning into the text embeddings the transformer's cross-attention reads
 (the input of ``condition_embedder.text_embedder``) instead of the patch embeddings: one vector per clip, from
-the energy averaged over the whole reference in space and time. A model that learned directions from words
-already reads them there, so a frozen transformer can be steered through that path.
+the energy averaged over the whole reference in space and time, placed in the prompt's padding positions
+(the all-zero rows WanPipeline pads prompts with), which thereby become motion tokens. A model that learned
+directions from words reads them through cross-attention, so a frozen transformer can be steered that way.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class MotionEnergyAdapter(nn.Module):
         pooling: ``"tokens"`` (energy of each token's patch) or ``"global"`` (the whole frame's energy, the
             same for every token of a latent frame: motion without position or shape).
         inject: ``"patch"`` (added to the patch embeddings; ``inner_dim`` is their width) or ``"text"``
-            (added to every text embedding; ``inner_dim`` is the transformer's ``text_dim``; always global).
+            (written into the text embeddings' padding positions; ``inner_dim`` is the transformer's
+            ``text_dim``; always global).
     """
 
     def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
@@ -195,13 +197,19 @@ class MotionEnergyAdapter(nn.Module):
 
     def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
         """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch (with
-        ``inject="text"``: text embeddings ``(B, L, inner_dim)`` plus the clip's vector at every position)."""
+        ``inject="text"``: text embeddings ``(B, L, inner_dim)`` with the clip's vector in their padding rows)."""
         if self.inject == "text":
             if patch_embeddings.dim() != 3 or patch_embeddings.shape[2] != self.inner_dim:
                 raise ValueError(f"expected text embeddings (B, L, {self.inner_dim}), got "
                                  f"{tuple(patch_embeddings.shape)}")
             cond = self._batched(self.condition((1, 1, 1)).flatten(1)[:, None], patch_embeddings.shape[0])
-            return patch_embeddings + cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
+            # the padding positions (all-zero rows, as WanPipeline pads prompts) become motion tokens: a vector
+            # added to every position would shift every key alike, which cross-attention's softmax ignores
+            padding = (patch_embeddings == 0).all(dim=-1, keepdim=True)
+            if not padding.any(dim=1).all():
+                raise ValueError("inject='text' writes the motion into the text embeddings' padding positions, and a "
+                                 "prompt fills all of them: use a shorter prompt or a longer max_sequence_length")
+            return patch_embeddings + padding * cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
         if patch_embeddings.dim() != 5 or patch_embeddings.shape[1] != self.inner_dim:
             raise ValueError(
                 f"expected patch embeddings (B, {self.inner_dim}, T', H', W'), got {tuple(patch_embeddings.shape)}"
