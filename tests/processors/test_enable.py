@@ -48,6 +48,17 @@ def test_dense_steps_follow_the_pipeline_step_with_expanded_timesteps():
         assert {r.grid for r in proc.captured} == {(2, 4, 4)}
 
 
+def test_a_pipelines_transformer_called_directly_before_any_pipeline_call_counts_its_own_timesteps():
+    """The pipeline's current timestep exists only once a pipeline call started; before that (a training loop
+    calling pipe.transformer) the step follows the transformer's own timestep input."""
+    pipe = _tiny_wan22_i2v()
+    (proc,) = vmoba.enable(pipe, VMoBAConfig(threshold=0.2, **SMALL_CHUNKS)).values()
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8), encoder_hidden_states=torch.randn(1, 8, 16))
+    for step, t in enumerate((900.0, 700.0)):
+        pipe.transformer(timestep=torch.tensor([t]), **inputs)
+        assert proc.context.step == step
+
+
 @pytest.mark.slow
 def test_a_pipeline_generates_with_a_mixed_schedule():
     pipe = _tiny_wan22_i2v()

@@ -55,7 +55,14 @@ def _pipeline_timestep(pipe) -> TimestepSource | None:
     """The pipeline's own current timestep (set by its denoising loop), as diffusers' hooks follow it."""
     if isinstance(pipe, torch.nn.Module) or not hasattr(type(pipe), "current_timestep"):
         return None
-    return lambda: pipe.current_timestep
+
+    def current() -> Any:
+        try:
+            return pipe.current_timestep
+        except AttributeError:  # set by the first pipeline call; the transformer may be called directly before
+            return None
+
+    return current
 
 
 def _require_xformers() -> None:
