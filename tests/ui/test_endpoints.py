@@ -204,35 +204,46 @@ def test_motion_energy_reads_the_direction(client, tmp_path):
         client.predict(None, 9, api_name="/motion_energy")
 
 
-def test_motion_generate_follows_the_clip_through_the_shipped_adapter(client, tmp_path):
-    """The tab's clip goes to the embedded model's motion adapter: the result is what the library gives for
-    the same clip, prompt and seed (independent of the page), and bad input is named."""
-    from vmoba.pipelines import load_motion_adapter, load_pipeline
+def test_motion_generate_follows_the_clip_through_the_models_adapter(client, tmp_path, monkeypatch):
+    """The tab's clip goes to the embedded model's motion adapter (here one with random weights, so that it
+    acts): the page shows what the library gives for the same clip, prompt and seed; bad input is named."""
+    from vmoba.motion import MotionEnergy, MotionEnergyAdapter
+    from vmoba.pipelines import load_pipeline
     from vmoba.processors import enable
+    from vmoba.ui import motion_demo
     from vmoba.video import to_uint8
 
-    clip = moving_square_clip(frames=9, dx=2)
-    right = write_clip(tmp_path / "right.mp4", clip)
-    video, text = client.predict(video_input(right), 9, "a red circle", 1, api_name="/motion_generate")
-    frames = read_video(video)
-    assert frames.shape == (17, 256, 256, 3) and "'a red circle', seed 1" in text
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
+                                                  num_scales=2), hidden=8, pooling="global", inject="text")
+    torch.nn.init.normal_(adapter.proj.weight, std=1.0)
+    monkeypatch.setattr(motion_demo, "motion_adapter", lambda: adapter)
+
+    right = write_clip(tmp_path / "right.mp4", moving_square_clip(frames=9, dx=2))
+    video, text = client.predict(video_input(right), 9, "a red circle", 8, 1, api_name="/motion_generate")
+    frames = read_video(video)
+    assert frames.shape == (17, 256, 256, 3) and "'a red circle', seed 1, 8 steps" in text
     enable(pipe, DEFAULT_VMOBA_CONFIG)
-    adapter = load_motion_adapter()
+    call = dict(num_inference_steps=8, guidance_scale=5.0, output_type="np")
     reference = torch.from_numpy(read_video(right)).permute(0, 3, 1, 2).float() / 255
     with adapter.attached(pipe.transformer, reference):
-        expected = pipe("a red circle", num_inference_steps=20, guidance_scale=5.0, output_type="np",
-                        generator=torch.Generator().manual_seed(1)).frames[0]
-    plain = pipe("a red circle", num_inference_steps=20, guidance_scale=5.0, output_type="np",
-                 generator=torch.Generator().manual_seed(1)).frames[0]
-    shown = frames.reshape(17, 64, 4, 64, 4, 3).mean(axis=(2, 4))  # the page shows it 4x larger
-    error = np.abs(shown - to_uint8(expected).astype(float)).mean()  # H.264 of the enlarged clip
+        expected = pipe("a red circle", generator=torch.Generator().manual_seed(1), **call).frames[0]
+    plain = pipe("a red circle", generator=torch.Generator().manual_seed(1), **call).frames[0]
+    shown = frames.reshape(17, 64, 4, 64, 4, 3).mean(axis=(2, 4))  # the page shows it 4x larger, as H.264
+    error = np.abs(shown - to_uint8(expected).astype(float)).mean()
     assert error < 3 and np.abs(shown - to_uint8(plain).astype(float)).mean() > 2 * error
     with pytest.raises(Exception, match="prompt must be some words"):
-        client.predict(video_input(right), 9, "  ", 0, api_name="/motion_generate")
+        client.predict(video_input(right), 9, "  ", 8, 0, api_name="/motion_generate")
     with pytest.raises(Exception, match="no video given"):
-        client.predict(None, 9, "a red circle", 0, api_name="/motion_generate")
+        client.predict(None, 9, "a red circle", 8, 0, api_name="/motion_generate")
+
+    from vmoba.pipelines import load_motion_adapter
+
+    monkeypatch.setattr(motion_demo, "motion_adapter", lambda: load_motion_adapter(tmp_path))  # a model without one
+    with pytest.raises(Exception, match=f"{tmp_path} has no motion adapter"):
+        client.predict(video_input(right), 9, "a red circle", 8, 0, api_name="/motion_generate")
 
 
 def test_attention_speed_table(client):

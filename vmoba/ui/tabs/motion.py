@@ -60,7 +60,10 @@ def build(outputs: OutputFolder, limits: Limits, registry: ModelRegistry) -> Non
         with gr.Column(scale=2):
             prompt = gr.Textbox(value="a red circle", label="prompt (no direction)", max_lines=1,
                                 max_length=limits.max_prompt_chars, elem_id="me-prompt")
-            seed = gr.Number(value=0, precision=0, label="seed")
+            with gr.Row():
+                steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1,
+                                  label="denoising steps", elem_id="me-steps")
+                seed = gr.Number(value=0, precision=0, label="seed")
             follow = gr.Button("Generate with this motion", elem_id="me-generate")
         with gr.Column(scale=3):
             generated = gr.Video(label="generated clip, moving as the clip above", autoplay=True, loop=True,
@@ -68,17 +71,18 @@ def build(outputs: OutputFolder, limits: Limits, registry: ModelRegistry) -> Non
             generated_text = gr.Markdown(elem_id="me-generated-summary")
 
     @user_errors
-    def on_follow(video_, frames_, prompt_, seed_, progress=gr.Progress()):
+    def on_follow(video_, frames_, prompt_, steps_, seed_, progress=gr.Progress()):
         clip = load_clip(video_, limits, frames=whole(frames_))
-        request = VideoRequest.checked(prompt_, 17, 64, 64, 20, 5.0, seed_, limits)
+        request = VideoRequest.checked(prompt_, 17, 64, 64, steps_, 5.0, seed_, limits)
         result = generate_with_motion(registry.load(DEFAULT_MODEL), clip, request,
                                       on_step=progress_callback(progress, "denoising step"))
         return (save_video(outputs, result.frames, fps=8, scale=4),
-                f"'{request.prompt}', seed {request.seed}, moving as the {len(clip)}-frame clip above; "
+                f"'{request.prompt}', seed {request.seed}, {request.steps} steps, moving as the {len(clip)}-frame "
+                f"clip above; "
                 f"{result.seconds:.1f} s")
 
     run.click(on_run, [video, frames], [flow, energy, summary], api_name="motion_energy", **COMPUTE)
-    follow.click(on_follow, [video, frames, prompt, seed], [generated, generated_text], api_name="motion_generate",
+    follow.click(on_follow, [video, frames, prompt, steps, seed], [generated, generated_text], api_name="motion_generate",
                  **COMPUTE)
     example_set.load_input_event.then(on_run, [video, frames], [flow, energy, summary], api_visibility="undocumented",
                                       **COMPUTE)
