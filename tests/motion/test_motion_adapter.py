@@ -310,3 +310,21 @@ def test_text_injection_settings_are_checked_and_saved(wan, tmp_path):
     adapter.save_pretrained(tmp_path / "t.safetensors")
     loaded = MotionEnergyAdapter.from_pretrained(tmp_path / "t.safetensors")
     assert (loaded.inject, loaded.pooling, loaded.inner_dim) == ("text", "global", TINY_WAN["text_dim"])
+
+
+def test_normalize_standardises_the_log_energy_over_channels(wan):
+    """By hand: log(e C + 0.01), minus its channel mean, over its channel std, through encoder and projection."""
+    model, _ = wan
+    adapter = MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3),
+                                                  hidden=16, pooling="global", inject="text", normalize=True)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+    adapter.set_reference(reference(0.3))
+    with torch.no_grad():
+        e = adapter.energy_features((1, 1, 1)).double()
+        f = torch.log(e * e.shape[1] + 1e-2)
+        f = (f - f.mean(1, keepdim=True)) / (f.std(1, keepdim=True) + 1e-5)
+        expected = adapter.double().proj(adapter.encoder(f))
+        adapter.float()
+        torch.testing.assert_close(adapter.condition((1, 1, 1)).double(), expected, rtol=1e-4, atol=1e-5)
+    assert MotionEnergyAdapter(8, energy=MotionEnergy(num_orientations=4, num_scales=3), pooling="global",
+                               inject="text", normalize=True).config()["normalize"] is True

@@ -65,11 +65,14 @@ class MotionEnergyAdapter(nn.Module):
         inject: ``"patch"`` (added to the patch embeddings; ``inner_dim`` is their width) or ``"text"``
             (written into the text embeddings' padding positions; ``inner_dim`` is the transformer's
             ``text_dim``; always global).
+        normalize: standardise each clip's log energy over the channels (per time bin and token) before the
+            encoder, so that what differs between references, the pattern over directions and speeds, is not
+            drowned by what all of them share.
     """
 
     def __init__(self, inner_dim: int, energy: MotionEnergy | None = None, hidden: int = 128,
                  train_energy: bool = False, scale: float = 1.0, pooling: str = "tokens",
-                 inject: str = "patch") -> None:
+                 inject: str = "patch", normalize: bool = False) -> None:
         super().__init__()
         inner_dim = checks.integer("inner_dim", inner_dim, min=1)
         hidden = checks.integer("hidden", hidden, min=1)
@@ -77,6 +80,7 @@ class MotionEnergyAdapter(nn.Module):
         scale = checks.real("scale", scale)
         self.pooling = checks.choice("pooling", pooling, POOLING)
         self.inject = checks.choice("inject", inject, INJECT)
+        self.normalize = checks.boolean("normalize", normalize)
         if self.inject == "text" and self.pooling != "global":
             raise ValueError("inject='text' adds one vector per clip: it needs pooling='global'")
         if energy is not None and not isinstance(energy, MotionEnergy):
@@ -193,6 +197,8 @@ class MotionEnergyAdapter(nn.Module):
         added to every text embedding, with ``inject="text"``)."""
         e = self.energy_features(grid)
         feats = torch.log(e * e.shape[1] + 1e-2)
+        if self.normalize:
+            feats = (feats - feats.mean(1, keepdim=True)) / (feats.std(1, keepdim=True) + 1e-5)
         return self.scale * self.proj(self.encoder(feats))
 
     def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
@@ -278,7 +284,8 @@ class MotionEnergyAdapter(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"inner_dim": self.inner_dim, "hidden": self.hidden, "train_energy": self.train_energy,
-                "scale": self.scale, "pooling": self.pooling, "inject": self.inject, "energy": self.energy.config}
+                "scale": self.scale, "pooling": self.pooling, "inject": self.inject, "normalize": self.normalize,
+                "energy": self.energy.config}
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -301,7 +308,8 @@ class MotionEnergyAdapter(nn.Module):
         config = json.loads(meta["config"])
         adapter = cls(config["inner_dim"], energy=MotionEnergy(**config["energy"]), hidden=config["hidden"],
                       train_energy=config["train_energy"], scale=config["scale"],
-                      pooling=config.get("pooling", "tokens"), inject=config.get("inject", "patch"))
+                      pooling=config.get("pooling", "tokens"), inject=config.get("inject", "patch"),
+                      normalize=config.get("normalize", False))
         adapter.load_state_dict(load_file(str(path)))
         return adapter
 

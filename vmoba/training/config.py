@@ -100,6 +100,7 @@ class MotionAdapterSettings:
 
     pooling: str = "global"  # global (motion only) or tokens (motion where it happens)
     inject: str = "patch"  # patch (added to the patch embeddings) or text (to the text embeddings; global)
+    normalize: bool = False  # standardise the log energy over channels before the encoder
     hidden: int = 128
     energy: str = "default"  # default: MotionEnergy()'s bank; flow: the filters of the shipped flow model
     # words taken out of the captions, so that the motion has to come from the reference

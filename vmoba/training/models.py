@@ -140,7 +140,7 @@ def build_motion_adapter(config: TrainConfig, transformer) -> MotionEnergyAdapte
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
         adapter = MotionEnergyAdapter.for_transformer(transformer, energy=energy, hidden=ma.hidden,
-                                                      pooling=ma.pooling, inject=ma.inject)
+                                                      pooling=ma.pooling, inject=ma.inject, normalize=ma.normalize)
     return adapter.attach(transformer)
 
 
