@@ -88,8 +88,8 @@ def _add_generate(sub) -> None:
     gen.add_argument("--compare", action="store_true",
                      help="also run dense attention at the same seed; print the time ratio, mean density and PSNR")
     gen.add_argument("--motion-reference", metavar="VIDEO",
-                     help="a video whose motion the generated one follows, through the model's trained motion "
-                     "adapter (the embedded model ships one); leave the direction out of the prompt")
+                     help="a video whose motion the generated one follows, through the motion adapter trained "
+                     "for --model (motion_adapter.safetensors in its folder); leave the direction out of the prompt")
     gen.set_defaults(run="generate:run_generate")
 
 

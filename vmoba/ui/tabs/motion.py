@@ -23,9 +23,11 @@ middle frame, in pixels per frame of the clip as analysed (after resizing).
 
 
 MOTION_NOTE = """
-**Generate with this motion.** The embedded model's motion adapter reads how the clip above moves (its motion
-energy averaged over the frame: direction and speed, not where things are or what they look like) and steers a
-new clip of the prompt that way. Leave the direction out of the prompt ("a red circle").
+**Generate with this motion.** A model's motion adapter reads how the clip above moves (its motion energy
+averaged over the frame: direction and speed, not where things are or what they look like) and steers a new
+clip of the prompt that way; leave the direction out of the prompt ("a red circle"). The embedded model ships
+no adapter yet (none trained so far steers it: `docs/training.md`, "Motion reference"), so here the button says
+so; `vmoba generate --model FOLDER --motion-reference clip.mp4` runs one you trained.
 """
 
 
