@@ -35,21 +35,12 @@ MAX_AREA_CHANGE = 0.2  # largest frame-to-frame change of the shape's area that 
 
 def ground_truth_clip(item: dict, seed: int, frames: int, size: int) -> np.ndarray:
     """A rendered clip with exactly the prompt's color, shape and direction, passed through H.264."""
-    import dataclasses
     import tempfile
 
-    from vmoba.training.shapes import COLORS, clip_spec, render_clip
+    from vmoba.training.shapes import prompted_spec, render_clip
     from vmoba.video import read_video, write_video
 
-    spec = clip_spec(seed, frames=frames, size=size, seed=seed)
-    spec = dataclasses.replace(spec, color=item["color"], shape=item["shape"], direction=item["direction"],
-                               rgb=COLORS[item["color"]])
-    # clip_spec placed the start for its own direction; re-place it so the path stays inside the frame
-    r, travel = spec.radius + 1, spec.speed * (frames - 1)
-    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[item["direction"]]
-    x = size / 2 - dx * travel / 2 if dx else float(np.clip(spec.start[0], r, size - r))
-    y = size / 2 - dy * travel / 2 if dy else float(np.clip(spec.start[1], r, size - r))
-    spec = dataclasses.replace(spec, start=(x, y))
+    spec = prompted_spec(item["color"], item["shape"], item["direction"], seed=seed, frames=frames, size=size)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_video(Path(tmp) / "clip.mp4", render_clip(spec, frames=frames, size=size))
         return read_video(path)

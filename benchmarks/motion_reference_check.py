@@ -15,9 +15,7 @@ move in the reference's direction is the chance level the adapter has to beat.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,27 +24,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
-from default_model_check import judge  # noqa: E402
+from default_model_check import ground_truth_clip, judge  # noqa: E402
 
 
 def reference_clip(prompt: dict, direction: str, seed: int, frames: int, size: int) -> tuple[np.ndarray, dict]:
     """A rendered clip moving in ``direction``, of a colour and a shape other than the prompt's (picked by
-    ``seed``), through H.264; and what it shows."""
-    from vmoba.training.shapes import COLORS, DIRECTIONS, SHAPES, clip_spec, render_clip
-    from vmoba.video import read_video, write_video
+    ``seed``), through H.264 (`ground_truth_clip`); and what it shows."""
+    from vmoba.training.shapes import COLORS, DIRECTIONS, SHAPES
 
     rng = np.random.default_rng([seed, list(DIRECTIONS).index(direction), 11])
-    color = str(rng.choice([c for c in COLORS if c != prompt["color"]]))
-    shape = str(rng.choice([s for s in SHAPES if s != prompt["shape"]]))
-    spec = clip_spec(seed, frames=frames, size=size, seed=seed)
-    r, travel = spec.radius + 1, spec.speed * (frames - 1)
-    dx, dy = DIRECTIONS[direction]
-    x = size / 2 - dx * travel / 2 if dx else float(np.clip(spec.start[0], r, size - r))
-    y = size / 2 - dy * travel / 2 if dy else float(np.clip(spec.start[1], r, size - r))
-    spec = dataclasses.replace(spec, color=color, shape=shape, direction=direction, rgb=COLORS[color], start=(x, y))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_video(Path(tmp) / "reference.mp4", render_clip(spec, frames=frames, size=size))
-        return read_video(path), {"color": color, "shape": shape, "direction": direction}
+    shown = {"color": str(rng.choice([c for c in COLORS if c != prompt["color"]])),
+             "shape": str(rng.choice([s for s in SHAPES if s != prompt["shape"]])), "direction": direction}
+    return ground_truth_clip(shown, seed, frames, size), shown
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,8 @@ from typing import Any
 from diffusers import DiffusionPipeline
 
 from ..config import VMoBAConfig
-from ..training.config import TrainConfig, config_from_dict, vmoba_config
 from ..motion.adapter import MotionEnergyAdapter
+from ..training.config import TrainConfig, config_from_dict, vmoba_config
 from .default import DEFAULT_VMOBA_CONFIG, MOTION_ADAPTER_FILE, WEIGHTS_DIR, VMoBAWanPipeline, load_default_pipeline
 from .event_to_video import EventToVideoPipeline
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,19 @@ def _coverage(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, r:
     top, base = cy - R, cy + R / 2
     half_width = (dy + R) / (1.5 * R) * (R * math.sqrt(3) / 2)
     return (y >= top) & (y <= base) & (np.abs(dx) <= half_width)
+
+
+def prompted_spec(color: str, shape: str, direction: str, *, seed: int = 0, frames: int = 17,
+                  size: int = 64) -> ClipSpec:
+    """Clip ``seed`` of a dataset (its size, speed, background) showing exactly ``color`` (the palette's RGB),
+    ``shape`` and ``direction``, started so that its whole path stays in the frame: centred along the motion,
+    at the clip's own position (kept a radius from the border) across it. What the checks render."""
+    spec = clip_spec(seed, frames=frames, size=size, seed=seed)
+    r, travel = spec.radius + 1, spec.speed * (frames - 1)
+    dx, dy = DIRECTIONS[direction]
+    x = size / 2 - dx * travel / 2 if dx else float(np.clip(spec.start[0], r, size - r))
+    y = size / 2 - dy * travel / 2 if dy else float(np.clip(spec.start[1], r, size - r))
+    return replace(spec, color=color, shape=shape, direction=direction, rgb=COLORS[color], start=(x, y))
 
 
 def render_clip(spec: ClipSpec, *, frames: int = 17, size: int = 64) -> np.ndarray:

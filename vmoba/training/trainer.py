@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from ..checks import atomic_directory, atomic_output
 from ..parallel.training import data_parallel_rank, enable_sequence_parallel, loss_scale
+from ..pipelines.default import MOTION_ADAPTER_FILE
 from ..video import to_uint8, write_video
 from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
-from ..pipelines.default import MOTION_ADAPTER_FILE
 from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, drop_words, read_clips
 from .models import (build_motion_adapter, export_pipeline, load_pipeline, load_vae, max_sequence_length,
                      measure_latent_statistics, prepare_transformer, save_pretrained)

@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 
 from .. import checks
 from ..motion import flow_to_rgb, load_flow_model
-from ..pipelines import DEFAULT_VMOBA_CONFIG, load_motion_adapter
 from ..motion.render import vectors_to_rgb
 from ..motion.synthetic import AffineMotion, dots_clip, grating_clip, image_clip, load_image
+from ..pipelines import DEFAULT_VMOBA_CONFIG, load_motion_adapter
 from .generation import Generation, VideoRequest, generate
 from .limits import Limits
 from .media import fit_side, read_clip, resize_clip
@@ -50,17 +50,12 @@ def example_clips(size: int = 96, frames: int = 9) -> dict[str, np.ndarray]:
 
 
 def shape_clip(color: str, shape: str, direction: str, *, size: int = 64, frames: int = 16) -> tuple[np.ndarray, float]:
-    """A clip of the default model's training kind (a shape moving over plain grey), centred so that its path
-    stays in the frame: ``(T, H, W, 3)`` float in [0, 1], and its speed in pixels per frame."""
-    import dataclasses
+    """A clip of the default model's training kind (a shape moving over plain grey) whose path stays in the
+    frame (`vmoba.training.shapes.prompted_spec`): ``(T, H, W, 3)`` float in [0, 1], and its speed in pixels
+    per frame."""
+    from ..training.shapes import prompted_spec, render_clip
 
-    from ..training.shapes import COLORS, DIRECTIONS, clip_spec, render_clip
-
-    spec = clip_spec(0, frames=frames, size=size, seed=0)
-    dx, dy = DIRECTIONS[direction]
-    travel = spec.speed * (frames - 1)
-    start = (size / 2 - dx * travel / 2, size / 2 - dy * travel / 2)
-    spec = dataclasses.replace(spec, color=color, shape=shape, direction=direction, rgb=COLORS[color], start=start)
+    spec = prompted_spec(color, shape, direction, frames=frames, size=size)
     return render_clip(spec, frames=frames, size=size).astype(np.float32) / 255, spec.speed
 
 
