@@ -73,6 +73,12 @@ def test_bad_fields_are_named(path, value, message):
         config_from_dict(_with(path, value), source="train.yaml")
 
 
+def test_a_bad_field_names_its_file_once():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(_with("data.preload", "yes"), source="train.yaml")
+    assert str(caught.value) == "train.yaml: data.preload must be true or false, got 'yes'"
+
+
 def test_numpy_and_torch_scalars_are_numbers_like_any_other():
     import numpy as np
     import torch

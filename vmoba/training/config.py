@@ -260,7 +260,7 @@ def _convert(hint, value, source: str, name: str):
             try:
                 return checks.boolean(name, value)
             except TypeError:  # spelled as YAML spells it
-                raise ConfigError(f"{source}: {name} must be true or false, got {value!r}") from None
+                raise TypeError(f"{name} must be true or false, got {value!r}") from None
         if hint is int:
             return checks.integer(name, value)
         if hint is float:
