@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
 
+from vmoba.cli.arguments import finite, positive_int  # noqa: E402
+
 MAX_AREA_CHANGE = 0.2  # largest frame-to-frame change of the shape's area that still counts as keeping its size
 
 
@@ -76,15 +78,15 @@ def reconstruct(vae, video: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder (default: the embedded default model)")
-    parser.add_argument("--seeds", type=int, default=2, help="clips per prompt (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (the CLI's default)")
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--seeds", type=positive_int, default=2, help="clips per prompt (seeds 0..N-1)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
+    parser.add_argument("--guidance-scale", type=finite, default=5.0)
     parser.add_argument("--attention", choices=["vmoba", "dense"], default="vmoba")
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
     parser.add_argument("--autoencoder", action="store_true",
                         help="measure the detector on rendered clips reconstructed by the model's VAE")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (a quick look)")
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--save-videos", help="also write every clip as MP4 into this folder")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", default=None, help="JSON file name (default from the mode)")

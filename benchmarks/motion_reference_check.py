@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
+
+from vmoba.cli.arguments import finite, positive_int  # noqa: E402
 from default_model_check import ground_truth_clip, judge  # noqa: E402
 
 
@@ -42,13 +44,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder with its motion_adapter.safetensors (default: the "
                         "embedded model)")
-    parser.add_argument("--seeds", type=int, default=1, help="clips per prompt and direction (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (the CLI's default)")
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--seeds", type=positive_int, default=1, help="clips per prompt and direction (seeds 0..N-1)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
+    parser.add_argument("--guidance-scale", type=finite, default=5.0)
     parser.add_argument("--without-adapter", action="store_true",
                         help="generate without the adapter (the chance level of following the reference)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (a quick look)")
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--save-videos", help="also write every clip (and its reference) as MP4 into this folder")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", default=None, help="JSON file name (default from the mode)")
@@ -61,11 +63,14 @@ def main(argv=None) -> int:
     from vmoba.video import write_video
 
     torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model)
+    try:
+        pipe = load_pipeline(args.model)
+        adapter = None if args.without_adapter else load_motion_adapter(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(f"--model {args.model}: {exc}" if args.model else str(exc))
     defaults = pipe.vmoba_defaults
     size, frames = defaults.height, defaults.num_frames
     pipe.set_progress_bar_config(disable=True)
-    adapter = None if args.without_adapter else load_motion_adapter(args.model)
     processors = vmoba.enable(pipe, defaults.vmoba_config)
     prompts = [{"prompt": f"a {c} {s}", "color": c, "shape": s} for c in COLORS for s in SHAPES][: args.limit]
 
