@@ -44,7 +44,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder with its motion_adapter.safetensors (default: the "
                         "embedded model)")
-    parser.add_argument("--seeds", type=positive_int, default=1, help="clips per prompt and direction (seeds 0..N-1)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="clips per prompt and direction (seeds F..F+N-1, F from --first-seed)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed (of the references and the generation): settings chosen on other seeds than "
+                             "the reported ones")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
     parser.add_argument("--guidance-scale", type=finite, default=5.0)
     parser.add_argument("--without-adapter", action="store_true",
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     rows, t0 = [], time.perf_counter()
     for item in prompts:
         for direction in DIRECTIONS:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 reference, shown = reference_clip(item, direction, seed, frames, size)
                 start = time.perf_counter()
                 call = dict(height=size, width=size, num_frames=frames, num_inference_steps=args.steps,
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
                     video = pipe(item["prompt"], **call).frames[0]
                 else:
                     ref = torch.from_numpy(reference).permute(0, 3, 1, 2).float() / 255
-                    with adapter.attached(pipe.transformer, ref):
+                    with adapter.conditioning(pipe, ref):
                         video = pipe(item["prompt"], **call).frames[0]
                 seconds = time.perf_counter() - start
                 if args.save_videos:
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     print(f"\n{mode}: moves as the reference in {summary['follows_reference']:.1%} of {len(rows)} clips, and shows the "
           f"prompt's colour and shape too in {summary['correct']:.1%} (colour {summary['color_accuracy']:.1%}, "
           f"shape {summary['shape_accuracy']:.1%}); {summary['seconds_per_clip']} s per clip")
-    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter, "seeds": args.seeds,
+    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter, "seeds": args.seeds, "first_seed": args.first_seed,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "size": size, "frames": frames,
                 "attention": "vmoba", "vmoba_config": defaults.vmoba_config.to_dict(),
                 "command": "python benchmarks/motion_reference_check.py " + " ".join(argv if argv is not None

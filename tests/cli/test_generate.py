@@ -116,7 +116,7 @@ def _reference(path, frames=9, step=2):
 
 
 def test_generate_follows_a_motion_reference_as_the_library_does(tmp_path, model_with_adapter):
-    """--motion-reference gives the clip that attaching the adapter in Python gives, and another clip than
+    """--motion-reference gives the clip that conditioning the pipeline with the adapter in Python gives, and another clip than
     the prompt alone."""
     import numpy as np
 
@@ -141,7 +141,7 @@ def test_generate_follows_a_motion_reference_as_the_library_does(tmp_path, model
     torch.set_num_threads(1)
     adapter = load_motion_adapter(model_with_adapter)
     reference = torch.from_numpy(read_video(tmp_path / "ref.mp4")).permute(0, 3, 1, 2).float() / 255
-    with adapter.attached(pipe.transformer, reference):
+    with adapter.conditioning(pipe, reference):
         expected = pipe("a red circle", num_frames=9, num_inference_steps=2, output_type="np",
                         generator=torch.Generator().manual_seed(3)).frames[0]
     from vmoba.video import write_video

@@ -275,7 +275,7 @@ def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip
         vector = adapter.condition((1, 1, 1)).flatten(1)  # (1, text_dim)
         # the reference: the same model called with that vector written into the padding rows by hand
         by_hand = inputs["encoder_hidden_states"].clone()
-        by_hand[:, 7:] = vector
+        by_hand[:, 7] = vector  # the first padding row only: the rest stays padding
         expected = model(**dict(inputs, encoder_hidden_states=by_hand)).sample
         with adapter.attached(model):
             steered = model(**inputs).sample
@@ -290,8 +290,67 @@ def test_text_injection_is_exact_identity_untrained_and_adds_one_vector_per_clip
     torch.testing.assert_close(adapter.condition((1, 1, 1)).flatten(1), vector)
     # a prompt without padding has nowhere to put the motion: refused, not silently ignored
     full = dict(inputs, encoder_hidden_states=torch.randn(2, 12, TINY_WAN["text_dim"]))
-    with adapter.attached(model), pytest.raises(ValueError, match="padding positions"):
+    with adapter.attached(model), pytest.raises(ValueError, match="fills all 12 positions .has no padding position"):
         model(**full)
+
+
+def test_conditioning_puts_the_motion_token_in_the_prompt_and_not_the_negative_prompt():
+    from vmoba.pipelines.default import build_default_pipeline
+
+    pipe = build_default_pipeline(seed=3)
+    pipe.set_progress_bar_config(disable=True)
+    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
+                                                  num_scales=2), hidden=8, pooling="global", inject="text")
+    torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states"].clone()),
+                                               with_kwargs=True)
+    call = dict(height=32, width=32, num_frames=9, num_inference_steps=2, guidance_scale=5.0, output_type="latent")
+    with torch.no_grad(), adapter.conditioning(pipe, reference(0.0)):
+        steered = pipe("a red circle", generator=torch.Generator().manual_seed(0), **call).frames
+        vector = adapter.condition((1, 1, 1)).flatten()
+    # by hand: the prompt's embeddings with the vector in their first padding row; the negative prompt's untouched
+    encode = lambda p: pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=16)[0]  # noqa: E731
+    prompt, negative = encode("a red circle"), encode("")
+    length = int((prompt[0] != 0).any(-1).sum())
+    expected = prompt.clone()
+    expected[0, length] = vector
+    assert len(seen) == 4  # two steps, each a conditional and an unconditional call
+    for i, states in enumerate(seen):
+        torch.testing.assert_close(states, expected if i % 2 == 0 else negative)
+    # outside the context the pipeline is as before
+    assert "encode_prompt" not in vars(pipe) and not adapter.is_attached
+    with torch.no_grad():
+        plain = pipe("a red circle", generator=torch.Generator().manual_seed(0), **call).frames
+        torch.testing.assert_close(seen[-2], prompt)
+    assert not torch.allclose(plain, steered)
+    with pytest.raises(RuntimeError, match="already wrapped"), adapter.conditioning(pipe):
+        with adapter.conditioning(pipe):
+            pass
+    assert "encode_prompt" not in vars(pipe)
+    with pytest.raises(TypeError, match="not a Wan-family pipeline"), adapter.conditioning(object()):
+        pass
+    # a patch adapter hooks the transformer for the duration
+    patch = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
+                                                num_scales=2), hidden=8)
+    with patch.conditioning(pipe, reference(0.0)):
+        assert patch.is_attached
+    assert not patch.is_attached
+
+
+def test_bypassed_adapter_passes_embeddings_through_while_attached(wan):
+    model, inputs = wan
+    adapter = small_adapter(model)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+    with torch.no_grad():
+        before = model(**inputs).sample
+        with adapter.attached(model, reference(0.0)):
+            steered = model(**inputs).sample
+            with adapter.bypassed():
+                assert adapter.is_attached
+                torch.testing.assert_close(model(**inputs).sample, before, rtol=0, atol=0)
+            torch.testing.assert_close(model(**inputs).sample, steered, rtol=0, atol=0)  # back on afterwards
+    assert not torch.allclose(steered, before)
 
 
 def test_text_injection_settings_are_checked_and_saved(wan, tmp_path):

@@ -228,7 +228,7 @@ def test_motion_generate_follows_the_clip_through_the_models_adapter(client, tmp
     enable(pipe, DEFAULT_VMOBA_CONFIG)
     call = dict(num_inference_steps=8, guidance_scale=5.0, output_type="np")
     reference = torch.from_numpy(read_video(right)).permute(0, 3, 1, 2).float() / 255
-    with adapter.attached(pipe.transformer, reference):
+    with adapter.conditioning(pipe, reference):
         expected = pipe("a red circle", generator=torch.Generator().manual_seed(1), **call).frames[0]
     plain = pipe("a red circle", generator=torch.Generator().manual_seed(1), **call).frames[0]
     shown = frames.reshape(17, 64, 4, 64, 4, 3).mean(axis=(2, 4))  # the page shows it 4x larger, as H.264

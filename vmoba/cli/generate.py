@@ -58,7 +58,7 @@ def _motion_reference(args: argparse.Namespace, pipe):
     frames = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W) in [0, 1]
     try:
         adapter.set_reference(frames)
-        with adapter.attached(pipe.transformer):  # the adapter fits this transformer
+        with adapter.conditioning(pipe):  # the adapter fits this transformer
             pass
     except (TypeError, ValueError) as exc:
         raise CliError(f"--motion-reference {args.motion_reference}: {exc}") from None
@@ -70,7 +70,7 @@ def _generate(pipe, args: argparse.Namespace, sizes: dict, mode: str, config,
     """One video with ``mode`` attention (and the motion of ``reference``, a motion adapter holding its
     reference clip): frames, seconds, mean attended density (None when dense)."""
     processors = enable(pipe, config, processor=PROCESSORS[mode]) if mode in PROCESSORS else {}
-    motion = reference.attached(pipe.transformer) if reference is not None else contextlib.nullcontext()
+    motion = reference.conditioning(pipe) if reference is not None else contextlib.nullcontext()
     try:
         with motion:
             generator = torch.Generator(device="cpu").manual_seed(args.seed)

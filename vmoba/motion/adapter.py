@@ -13,6 +13,12 @@ processors and checkpoint loading of the transformer are untouched::
     video = pipe(prompt, ...).frames
     adapter.detach()
 
+A trained adapter generates through `conditioning`, which conditions the prompt and leaves classifier-free
+guidance's negative branch alone::
+
+    with adapter.conditioning(pipe, reference_frames):
+        video = pipe(prompt, ...).frames
+
 Fine-tuning: optimise ``adapter.trainable_parameters()`` (the transformer can stay frozen), call
 ``set_reference`` with each batch's reference clips before the transformer's forward (or, with frozen
 filters, ``set_reference_energy`` with features that `reference_energy` computed once and a cache kept), and
@@ -25,8 +31,8 @@ of where its objects are or what outline they have, so a reference of one shape 
 
 ``inject="text"`` writes the conditioning into the text embeddings the transformer's cross-attention reads
 (the input of ``condition_embedder.text_embedder``) instead of the patch embeddings: one vector per clip, from
-the energy averaged over the whole reference in space and time, placed in the prompt's padding positions
-(the all-zero rows WanPipeline pads prompts with), which thereby become motion tokens. A model that learned
+the energy averaged over the whole reference in space and time, placed in the prompt's first padding position
+(the all-zero rows WanPipeline pads prompts with), which thereby becomes a motion token. A model that learned
 directions from words reads them through cross-attention, so a frozen transformer can be steered that way.
 """
 
@@ -63,7 +69,7 @@ class MotionEnergyAdapter(nn.Module):
         pooling: ``"tokens"`` (energy of each token's patch) or ``"global"`` (the whole frame's energy, the
             same for every token of a latent frame: motion without position or shape).
         inject: ``"patch"`` (added to the patch embeddings; ``inner_dim`` is their width) or ``"text"``
-            (written into the text embeddings' padding positions; ``inner_dim`` is the transformer's
+            (written into the text embeddings' first padding position; ``inner_dim`` is the transformer's
             ``text_dim``; always global).
         normalize: standardise each clip's log energy over the channels (per time bin and token) before the
             encoder, so that what differs between references, the pattern over directions and speeds, is not
@@ -103,6 +109,7 @@ class MotionEnergyAdapter(nn.Module):
         self._reference_energy: torch.Tensor | None = None
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._handle: Any = None
+        self._bypassed = False
 
     @classmethod
     def for_transformer(cls, transformer: nn.Module, **kwargs: Any) -> "MotionEnergyAdapter":
@@ -203,19 +210,25 @@ class MotionEnergyAdapter(nn.Module):
 
     def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
         """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch (with
-        ``inject="text"``: text embeddings ``(B, L, inner_dim)`` with the clip's vector in their padding rows)."""
+        ``inject="text"``: text embeddings ``(B, L, inner_dim)`` with the clip's vector in their first padding row).
+        Inside `bypassed` the embeddings pass unchanged."""
+        if self._bypassed:
+            return patch_embeddings
         if self.inject == "text":
             if patch_embeddings.dim() != 3 or patch_embeddings.shape[2] != self.inner_dim:
                 raise ValueError(f"expected text embeddings (B, L, {self.inner_dim}), got "
                                  f"{tuple(patch_embeddings.shape)}")
             cond = self._batched(self.condition((1, 1, 1)).flatten(1)[:, None], patch_embeddings.shape[0])
-            # the padding positions (all-zero rows, as WanPipeline pads prompts) become motion tokens: a vector
-            # added to every position would shift every key alike, which cross-attention's softmax ignores
+            # the first padding position (all-zero rows, as WanPipeline pads prompts) becomes the motion token, where
+            # a next word would go: a vector added to every position would shift every key alike, which
+            # cross-attention's softmax ignores, and one written into all padding rows would weigh as many words
             padding = (patch_embeddings == 0).all(dim=-1, keepdim=True)
             if not padding.any(dim=1).all():
-                raise ValueError("inject='text' writes the motion into the text embeddings' padding positions, and a "
-                                 "prompt fills all of them: use a shorter prompt or a longer max_sequence_length")
-            return patch_embeddings + padding * cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
+                raise ValueError(f"inject='text' writes the motion into the text embeddings' first padding position, "
+                                 f"and a prompt fills all {patch_embeddings.shape[1]} positions (has no padding "
+                                 f"position): use a shorter prompt or a longer max_sequence_length")
+            first = padding & (padding.cumsum(dim=1) == 1)
+            return patch_embeddings + first * cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
         if patch_embeddings.dim() != 5 or patch_embeddings.shape[1] != self.inner_dim:
             raise ValueError(
                 f"expected patch embeddings (B, {self.inner_dim}, T', H', W'), got {tuple(patch_embeddings.shape)}"
@@ -276,6 +289,52 @@ class MotionEnergyAdapter(nn.Module):
             yield self
         finally:
             self.detach()
+
+    @contextlib.contextmanager
+    def bypassed(self) -> Iterator["MotionEnergyAdapter"]:
+        """Attached but passing the embeddings through unchanged: the model as it was without the adapter (a
+        distillation teacher), without removing and re-adding the hook."""
+        previous, self._bypassed = self._bypassed, True
+        try:
+            yield self
+        finally:
+            self._bypassed = previous
+
+    @contextlib.contextmanager
+    def conditioning(self, pipe: Any, reference: Any = None) -> Iterator["MotionEnergyAdapter"]:
+        """Pipeline calls inside follow the reference's motion: how to use a trained adapter for generation.
+
+        With ``inject="text"`` the motion token joins the embeddings of the prompt and not those of the negative
+        prompt (``pipe.encode_prompt`` is wrapped for the duration), so classifier-free guidance pushes toward the
+        reference's motion as it pushes toward the prompt's words; hooked into the transformer instead
+        (`attached`), the token would reach both branches and the guidance would cancel it. With
+        ``inject="patch"`` the adapter is `attached` to ``pipe.transformer`` (every call)."""
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is None or not callable(getattr(pipe, "encode_prompt", None)):
+            raise TypeError(f"{type(pipe).__name__} is not a Wan-family pipeline (needs .transformer and "
+                            f".encode_prompt)")
+        if self.inject == "patch":
+            with self.attached(transformer, reference):
+                yield self
+            return
+        if _text_embedder(transformer).linear_1.in_features != self.inner_dim:
+            raise ValueError(f"adapter inner_dim {self.inner_dim} does not match the transformer's text width "
+                             f"{_text_embedder(transformer).linear_1.in_features}")
+        if "encode_prompt" in vars(pipe):
+            raise RuntimeError("this pipeline's encode_prompt is already wrapped (a conditioning context is open)")
+        encode_prompt = pipe.encode_prompt
+
+        def with_motion(*args: Any, **kwargs: Any):
+            prompt_embeds, negative_prompt_embeds = encode_prompt(*args, **kwargs)
+            return self(prompt_embeds), negative_prompt_embeds
+
+        if reference is not None:
+            self.set_reference(reference)
+        pipe.encode_prompt = with_motion
+        try:
+            yield self
+        finally:
+            del pipe.encode_prompt
 
     # ---- training and saving ------------------------------------------------------------------------------
 

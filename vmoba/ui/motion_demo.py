@@ -201,5 +201,5 @@ def generate_with_motion(pipe, clip: np.ndarray, request: VideoRequest, *,
     (``(T, H, W, 3)`` in [0, 1], e.g. from `load_clip`) moves, through the shipped motion adapter."""
     adapter = motion_adapter()
     reference = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
-    with adapter.attached(pipe.transformer, reference):
+    with adapter.conditioning(pipe, reference):
         return generate(pipe, request, "vmoba", DEFAULT_VMOBA_CONFIG, on_step=on_step, capture=False)
