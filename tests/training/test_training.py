@@ -502,6 +502,80 @@ def test_motion_adapter_trains_alone_and_exports_beside_the_pipeline(tmp_path, d
     assert out.shape == (9, 32, 32, 3) and np.isfinite(out).all()
 
 
+def test_caption_distillation_targets_the_frozen_model_reading_the_whole_caption():
+    from vmoba.motion import MotionEnergy, MotionEnergyAdapter
+    from vmoba.motion.synthetic import grating_clip
+
+    pipe = build_default_pipeline(seed=2)
+    pipe.transformer.requires_grad_(False)
+    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
+                                                  num_scales=2), hidden=8, pooling="global", inject="text")
+    torch.manual_seed(0)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.3)
+    adapter.attach(pipe.transformer)
+    loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
+                               max_sequence_length=16, caption_dropout=0.0, flow=FlowSettings(shift=3.0),
+                               motion_adapter=adapter, distill=True)
+    references = torch.stack([torch.as_tensor(grating_clip((32, 32), 9, a, 1.0, frequency=0.15)[0]).float()
+                              for a in (0.0, np.pi)])
+    energy = adapter.reference_energy(references, (3, 1, 1))
+    x0 = torch.randn(2, 16, 3, 8, 8)
+    mean, std = (t.view(1, -1, 1, 1, 1) for t in (torch.tensor(pipe.vae.config.latents_mean),
+                                                     torch.tensor(pipe.vae.config.latents_std)))
+    batch = {"latent_mean": x0 * std + mean, "latent_logvar": torch.zeros_like(x0), "motion_energy": energy,
+             "caption": ["a red circle moves", "a blue square moves"],
+             "teacher_caption": ["a red circle moves right", "a blue square moves left"]}
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, k: calls.append(k), with_kwargs=True)
+    loss = loss_fn(batch, torch.Generator().manual_seed(0))
+    hook.remove()
+    assert len(calls) == 2 and torch.equal(calls[0]["hidden_states"], calls[1]["hidden_states"])
+    # the reference, computed apart: the teacher is the model without the adapter reading the whole caption
+    # (embedded as the pipeline embeds it), the student the model with the adapter reading the cut caption
+    encode = lambda p: pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=16)[0]  # noqa: E731
+    kwargs = {k: v for k, v in calls[0].items() if k != "encoder_hidden_states"}
+    with torch.no_grad():
+        student = pipe.transformer(**kwargs, encoder_hidden_states=encode(batch["caption"]))[0].double()
+        adapter.detach()
+        teacher = pipe.transformer(**kwargs, encoder_hidden_states=encode(batch["teacher_caption"]))[0].double()
+    torch.testing.assert_close(loss.double(), ((student - teacher) ** 2).mean(), rtol=1e-5, atol=1e-8)
+    assert loss.item() > 0
+    loss.backward()  # only the adapter learns
+    assert adapter.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in pipe.transformer.parameters())
+    with pytest.raises(ValueError, match="distill trains a motion adapter"):
+        FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
+                         max_sequence_length=16, caption_dropout=0.1, flow=FlowSettings(), motion_adapter=adapter,
+                         distill=True)
+
+
+def test_caption_distillation_run_caches_the_teachers_embeddings(tmp_path, data9):
+    from safetensors.torch import load_file
+
+    from vmoba.training.data import drop_words
+
+    cache = tmp_path / "cache"
+    config = _config(tmp_path, data9, model={"pretrained": "default", "from_scratch": False,
+                                             "train": ["motion_adapter"]},
+                     data={"num_frames": 9, "cache_dir": str(cache)},
+                     motion_adapter={"hidden": 8, "target": "caption"}, training={"max_steps": 2, "learning_rate": 1e-2})
+    final = run(config)
+    pipe = load_default_pipeline()
+    clips = read_clips(data9)
+    item = load_file(cache / "000002.safetensors")
+    caption = clips[2].caption
+    assert drop_words(caption, ["left", "right", "up", "down"]) != caption
+    for key, text in (("teacher_embeds", caption), ("prompt_embeds", drop_words(caption, ["left", "right", "up",
+                                                                                           "down"]))):
+        ids, mask = tokenize(pipe.tokenizer, [text], 16)
+        with torch.no_grad():
+            expected = encode_tokens(pipe.text_encoder, ids, mask)[0, : int(mask.sum())]
+        torch.testing.assert_close(item[key], expected)
+    from vmoba.pipelines import load_motion_adapter
+
+    assert load_motion_adapter(final).proj.weight.abs().sum() > 0
+
+
 def test_motion_adapter_settings_are_checked(tmp_path, data9):
     def config(**sections):
         return _config(tmp_path, data9, **{"model": {"train": ["motion_adapter"]}, **sections})
@@ -512,6 +586,16 @@ def test_motion_adapter_settings_are_checked(tmp_path, data9):
         config(motion_adapter={"pooling": "mean"})
     with pytest.raises(ConfigError, match=r"motion_adapter.drop_words\[1\] must be one word"):
         config(motion_adapter={"drop_words": ["left", "to the right"]})
+    with pytest.raises(ConfigError, match="motion_adapter.target must be one of"):
+        config(motion_adapter={"target": "teacher"})
+    with pytest.raises(ConfigError, match=r"motion_adapter.target caption distils the frozen model: model.train must "
+                                          r"be \[motion_adapter\]"):
+        _config(tmp_path, data9, model={"train": ["transformer", "motion_adapter"]},
+                motion_adapter={"target": "caption"})
+    with pytest.raises(ConfigError, match="data.caption_dropout must be 0 with motion_adapter.target: caption"):
+        config(motion_adapter={"target": "caption"}, data={"caption_dropout": 0.1})
+    with pytest.raises(ConfigError, match="motion_adapter.drop_words is empty"):
+        config(motion_adapter={"target": "caption", "drop_words": []})
     with pytest.raises(ConfigError, match="autoencoder task trains the VAE alone"):
         _config(tmp_path, data9, task="autoencoder", model={"train": ["motion_adapter"]})
     with pytest.raises(FileNotFoundError, match="has no motion adapter"):

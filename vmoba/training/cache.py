@@ -1,6 +1,7 @@
 """Cached latents: every clip's VAE posterior (mean, log-variance), when the text encoder is frozen its
-prompt embedding, and when a motion adapter is trained the clip's motion-energy features on the transformer's
-token grid, computed once into ``data.cache_dir`` and reused by every later run.
+prompt embedding (and its teacher caption's, when it has one), and when a motion adapter is trained the clip's
+motion-energy features on the transformer's token grid, computed once into ``data.cache_dir`` and reused by every
+later run.
 
 The cache records what it was computed from (clips, VAE weights, frame window, text encoder): a cache that
 does not match the current run is reported, never silently reused or overwritten.
@@ -69,11 +70,16 @@ def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device,
         chunk = indices[start : start + batch_size]
         videos = torch.stack([load_frames(clips[i].path, d.num_frames, d.height, d.width) for i in chunk])
         posterior = vae.encode(videos.to(device, vae.dtype)).latent_dist
-        embeds = None
+        embeds = teacher = None
         if text is not None:
             ids, mask = tokenize(text["tokenizer"], [clips[i].caption for i in chunk], text["max_sequence_length"])
             embeds = encode_tokens(text["encoder"], ids.to(device), mask.to(device))
             lengths = mask.sum(1).tolist()
+            teachers = [clips[i].teacher_caption for i in chunk]
+            if teachers[0] is not None:  # all clips have one (motion_adapter.target: caption) or none
+                ids, tmask = tokenize(text["tokenizer"], teachers, text["max_sequence_length"])
+                teacher = encode_tokens(text["encoder"], ids.to(device), tmask.to(device))
+                teacher_lengths = tmask.sum(1).tolist()
         energy = None
         if motion is not None:
             grid = [n // p for n, p in zip(posterior.mean.shape[2:], motion["patch_size"])]
@@ -84,6 +90,8 @@ def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device,
                     "latent_logvar": posterior.logvar[j].float().cpu().contiguous()}
             if embeds is not None:
                 item["prompt_embeds"] = embeds[j, : lengths[j]].float().cpu().contiguous()
+            if teacher is not None:
+                item["teacher_embeds"] = teacher[j, : teacher_lengths[j]].float().cpu().contiguous()
             if energy is not None:
                 item["motion_energy"] = energy[j].float().cpu().contiguous()
             with atomic_output(cache_dir / f"{i:06d}.safetensors") as partial:

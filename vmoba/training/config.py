@@ -105,6 +105,9 @@ class MotionAdapterSettings:
     energy: str = "default"  # default: MotionEnergy()'s bank; flow: the filters of the shipped flow model
     # words taken out of the captions, so that the motion has to come from the reference
     drop_words: list[str] = field(default_factory=lambda: list(DIRECTION_WORDS))
+    # data: the flow-matching target (noise - x0); caption: the frozen model's own prediction from the whole
+    # caption, words kept, at the same noisy latents (the adapter learns to say what the dropped words said)
+    target: str = "data"
 
 
 @dataclass
@@ -378,6 +381,17 @@ def _check(c: TrainConfig) -> None:
     for i, word in enumerate(ma.drop_words):
         if not word.strip() or len(word.split()) != 1:
             fail(f"motion_adapter.drop_words[{i}]", f"must be one word, got {word!r}")
+    choice("motion_adapter.target", ma.target, ("data", "caption"))
+    if ma.target == "caption" and "motion_adapter" in m.train:
+        if m.train != ["motion_adapter"]:
+            fail("motion_adapter.target", f"caption distils the frozen model: model.train must be [motion_adapter], "
+                 f"got {m.train}")
+        if not ma.drop_words:
+            fail("motion_adapter.drop_words", "is empty: with target caption the teacher would read the same caption "
+                 "as the adapter")
+        if d.caption_dropout:
+            fail("data.caption_dropout", f"must be 0 with motion_adapter.target: caption (a dropped caption leaves "
+                 f"the teacher nothing the reference could say), got {d.caption_dropout}")
     if "motion_adapter" in m.train:
         if c.validation.every or c.validation.prompts:
             fail("validation", "samples prompts without a motion reference, which the motion adapter needs: leave "

@@ -32,6 +32,8 @@ class DataError(ValueError):
 class Clip:
     path: Path
     caption: str
+    # the caption the frozen teacher reads (motion_adapter.target: caption): the words `caption` lost
+    teacher_caption: str | None = None
 
 
 def find_captions(root: Path, captions: str | None = None) -> Path:
@@ -176,15 +178,18 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
                 start = int(rng.integers(0, frames.shape[0] - self.num_frames + 1))
             x = torch.from_numpy(frames[start : start + self.num_frames]).permute(0, 3, 1, 2).float()
             video = (resize_crop(x, self.height, self.width) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
-        return {"video": video, "caption": clip.caption}
+        item = {"video": video, "caption": clip.caption}
+        if clip.teacher_caption is not None:
+            item["teacher_caption"] = clip.teacher_caption
+        return item
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, np.random.default_rng(index))
 
 
 class CachedLatentDataset(torch.utils.data.Dataset):
-    """Items ``{"latent_mean", "latent_logvar": (C, T, h, w), "caption", ["prompt_embeds": (L, D)]}`` from a
-    cache folder that `build_latent_cache` wrote."""
+    """Items ``{"latent_mean", "latent_logvar": (C, T, h, w), "caption", ["prompt_embeds", "teacher_embeds": (L, D)],
+    ["motion_energy"], ["teacher_caption"]}`` from a cache folder that `prepare_cache` wrote."""
 
     def __init__(self, cache_dir: Path, clips: list[Clip], max_sequence_length: int | None = None):
         self.cache_dir, self.clips = Path(cache_dir), clips
@@ -196,16 +201,20 @@ class CachedLatentDataset(torch.utils.data.Dataset):
                 raise DataError(f"{self.cache_dir}: cached latents for {clip.path.name} missing ({path.name}); "
                                 f"delete the cache folder to rebuild it")
             item = load_file(path)
-            if "prompt_embeds" in item:  # stored trimmed; zero-padded as the pipeline pads
-                embeds = item["prompt_embeds"]
-                item["prompt_embeds"] = F.pad(embeds, (0, 0, 0, max_sequence_length - embeds.shape[0]))
+            for key in ("prompt_embeds", "teacher_embeds"):  # stored trimmed; zero-padded as the pipeline pads
+                if key in item:
+                    item[key] = F.pad(item[key], (0, 0, 0, max_sequence_length - item[key].shape[0]))
             self.items.append(item)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def sample(self, index: int, rng=None) -> dict:
-        return {**self.items[index], "caption": self.clips[index].caption}
+        clip = self.clips[index]
+        item = {**self.items[index], "caption": clip.caption}
+        if clip.teacher_caption is not None:
+            item["teacher_caption"] = clip.teacher_caption
+        return item
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index)
@@ -234,6 +243,8 @@ def cache_key(clips: list[Clip], vae, data_settings, text: dict | None, motion: 
     for clip in clips:
         stat = clip.path.stat()
         h.update(f"{clip.path}|{stat.st_size}|{stat.st_mtime_ns}|{clip.caption}".encode())
+        if clip.teacher_caption is not None:
+            h.update(f"|teacher|{clip.teacher_caption}".encode())
 
     def weights_hash(module) -> str:
         w = hashlib.sha256()

@@ -49,16 +49,27 @@ def posterior_latents(mean: torch.Tensor, logvar: torch.Tensor, generator: torch
     return mean + torch.exp(0.5 * logvar) * noise
 
 
+def predict_velocity(transformer, noisy: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The transformer's velocity prediction for latents noised to the per-clip levels ``sigmas`` (timestep
+    ``1000 s``), as float32."""
+    dtype = transformer.dtype
+    prediction = transformer(hidden_states=noisy.to(dtype), timestep=sigmas * 1000,
+                             encoder_hidden_states=context.to(dtype), return_dict=False)[0]
+    return prediction.float()
+
+
+def noised(x0: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``x_s = (1 - s) x0 + s noise`` at the per-clip noise levels ``sigmas``."""
+    s = sigmas.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - s) * x0 + s * noise
+
+
 def velocity_error(transformer, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
                    noise: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the transformer's velocity prediction: ``x0`` noised to ``x_s = (1 - s) x0 + s noise``
     at the per-clip noise levels ``sigmas`` (timestep ``1000 s``), target ``noise - x0``."""
-    s = sigmas.view(-1, *([1] * (x0.dim() - 1)))
-    noisy = (1 - s) * x0 + s * noise
-    dtype = transformer.dtype
-    prediction = transformer(hidden_states=noisy.to(dtype), timestep=sigmas * 1000,
-                             encoder_hidden_states=context.to(dtype), return_dict=False)[0]
-    return F.mse_loss(prediction.float(), (noise - x0).float())
+    prediction = predict_velocity(transformer, noised(x0, sigmas, noise), context, sigmas)
+    return F.mse_loss(prediction, (noise - x0).float())
 
 
 def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +85,22 @@ class FlowMatchingLoss(nn.Module):
     ``noise - x0`` at timestep ``1000 s``; ``x0`` are VAE latents normalised by the VAE's latents_mean / std.
 
     ``motion_adapter``: a `MotionEnergyAdapter` attached to the transformer; each clip is its own reference
-    (``batch["motion_energy"]`` from the latent cache, else the energy of ``batch["video"]``)."""
+    (``batch["motion_energy"]`` from the latent cache, else the energy of ``batch["video"]``).
+
+    ``distill``: the target is not ``noise - x0`` but the frozen transformer's own prediction, without the
+    adapter, from each clip's whole caption (``batch["teacher_embeds"]`` or ``batch["teacher_caption"]``) at the
+    same noisy latents: the adapter, reading the caption with its motion words dropped, learns to put back what
+    those words did. A deterministic target, where the flow-matching target is one noise draw's.
+    """
 
     def __init__(self, transformer, text_encoder, vae, tokenizer, *, train_text_encoder: bool, max_sequence_length: int,
-                 caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None, motion_adapter=None):
+                 caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None, motion_adapter=None,
+                 distill: bool = False):
         super().__init__()
+        if distill and (motion_adapter is None or train_text_encoder or caption_dropout):
+            raise ValueError("distill trains a motion adapter against the frozen model: it needs motion_adapter, a "
+                             "frozen text encoder and no caption dropout")
+        self.distill = distill
         self.transformer = transformer
         self.motion_adapter = motion_adapter
         if train_text_encoder:
@@ -106,6 +128,14 @@ class FlowMatchingLoss(nn.Module):
         z = posterior_latents(mean, logvar, generator, sample=self.flow.posterior == "sample")
         return ((z.float() - self.latents_mean) / self.latents_std)
 
+    def encode(self, captions: list[str]) -> torch.Tensor:
+        ids, mask = tokenize(self.frozen["tokenizer"], captions, self.max_sequence_length)
+        device = self.latents_mean.device
+        if self.train_text_encoder:
+            return encode_tokens(self.text_encoder, ids.to(device), mask.to(device))
+        with torch.no_grad():
+            return encode_tokens(self.frozen["text_encoder"], ids.to(device), mask.to(device))
+
     def text(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         captions = list(batch["caption"])
         drop = (torch.rand(len(captions), generator=generator) < self.caption_dropout).tolist()
@@ -115,13 +145,7 @@ class FlowMatchingLoss(nn.Module):
                 empty = self.empty_embeds.to(embeds.device, embeds.dtype)
                 embeds = torch.stack([empty if d else e for e, d in zip(embeds, drop)])
             return embeds
-        captions = ["" if d else c for c, d in zip(captions, drop)]
-        ids, mask = tokenize(self.frozen["tokenizer"], captions, self.max_sequence_length)
-        device = self.latents_mean.device
-        if self.train_text_encoder:
-            return encode_tokens(self.text_encoder, ids.to(device), mask.to(device))
-        with torch.no_grad():
-            return encode_tokens(self.frozen["text_encoder"], ids.to(device), mask.to(device))
+        return self.encode(["" if d else c for c, d in zip(captions, drop)])
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x0 = self.latents(batch, generator)
@@ -135,7 +159,13 @@ class FlowMatchingLoss(nn.Module):
                 self.motion_adapter.set_reference_energy(batch["motion_energy"])
             else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
                 self.motion_adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
-        return velocity_error(self.transformer, x0, context, s, noise)
+        if not self.distill:
+            return velocity_error(self.transformer, x0, context, s, noise)
+        noisy = noised(x0, s, noise)
+        teacher_context = batch["teacher_embeds"] if "teacher_embeds" in batch else self.encode(batch["teacher_caption"])
+        with torch.no_grad(), self.motion_adapter.bypassed():
+            target = predict_velocity(self.transformer, noisy, teacher_context, s)
+        return F.mse_loss(predict_velocity(self.transformer, noisy, context, s), target)
 
 
 class AutoencoderLoss(nn.Module):

@@ -299,10 +299,12 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     pipe = load_pipeline(config)
     msl = max_sequence_length(config, pipe)
     adapter = None
+    # motion_adapter.target: caption -- the frozen model reading the whole caption is the adapter's teacher
+    distill = "motion_adapter" in config.model.train and config.motion_adapter.target == "caption"
     if "motion_adapter" in config.model.train:
         adapter = build_motion_adapter(config, pipe.transformer).to(device)
-        clips = [dataclasses.replace(c, caption=drop_words(c.caption, config.motion_adapter.drop_words))
-                 for c in clips]
+        clips = [dataclasses.replace(c, caption=drop_words(c.caption, config.motion_adapter.drop_words),
+                                     teacher_caption=c.caption if distill else None) for c in clips]
     _warn_unknown_words(pipe.tokenizer, clips)
     processors = prepare_transformer(config, pipe)
     train_te = "text_encoder" in config.model.train
@@ -325,7 +327,8 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
         dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
-                              empty_embeds=empty, motion_adapter=adapter)
+                              empty_embeds=empty, motion_adapter=adapter,
+                              distill=distill)
     used = next(iter(processors.values())).config if processors else None
 
     def export(path: Path):
