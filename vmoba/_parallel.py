@@ -18,10 +18,12 @@ def parallel_map(fn, n: int, device: torch.device) -> list:
     workers = min(n, torch.get_num_threads())
     if device.type != "cpu" or workers <= 1:
         return [fn(i) for i in range(n)]
-    grad = torch.is_grad_enabled()  # thread-local: the workers must inherit the caller's mode
+    # thread-local: the workers must inherit the caller's modes (under inference mode the caller's tensors are
+    # inference tensors, which a worker outside it may not update in place)
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(i):
-        with torch.set_grad_enabled(grad):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return fn(i)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -168,3 +168,25 @@ def test_selection_leaves_the_hosts_thread_setting_alone(monkeypatch):
     robust = [_check_against_brute(grid, layer, config, q, k) for layer in range(3)]
     assert min(robust) > 0 and sum(robust) / 3 > 0.8
     assert calls == []
+
+
+def test_selection_spread_over_threads_under_inference_mode():
+    """Rows selected side by side on several CPU threads write into one mask made by the caller; under
+    torch.inference_mode (as the demo generates) that mask is an inference tensor, which a worker thread
+    outside inference mode may not update in place. The workers inherit the mode: same mask as brute force."""
+    threads = torch.get_num_threads()
+    grid, config = (2, 4, 4), VMoBAConfig(threshold_type="query_head", granularity="token")
+    q, k = _inputs(1, math.prod(grid), 2, 8, seed=3)
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            threaded = select_blocks(q, k, grid, 1, config)
+    finally:
+        torch.set_num_threads(threads)
+    assert threaded.is_inference()
+    scheme = config.scheme_for_layer(1)
+    want, fragile = brute_select(q, k, grid, scheme, config.chunk_for_scheme(scheme), select_mode="threshold",
+                                 threshold=config.threshold, threshold_type="query_head",
+                                 topk=config.topk_for_scheme(scheme), granularity="token",
+                                 query_tile=config.query_tile, tol=2e-6)
+    assert torch.equal(threaded[~fragile], want[~fragile])
