@@ -105,8 +105,18 @@ def motion_energy(page, shots: Path, name: str, steps: int | None) -> dict:
     _wait(page, IMAGE_LOADED, "#me-flow", "the flow picture")
     _wait(page, IMAGE_LOADED, "#me-energy", "the energy maps")
     _wait(page, TEXT_PRESENT, ["#me-summary", "px/frame"], "the motion in words")
+    summary = page.locator("#me-summary").inner_text()
+    # the default model's own kind of clip as the reference of "Generate with this motion"
+    page.get_by_text("blue triangle moving up").click()
+    _wait(page, TEXT_PRESENT, ["#me-summary", "of 64x64"], "the triangle clip analysed")
+    page.locator("#me-prompt input").fill("a red circle")  # one line: an <input>
+    if steps is not None:
+        _set_slider(page, "me-steps", steps)
+    page.locator("#me-generate").click()
+    _wait(page, VIDEO_PLAYS, "#me-generated", "the clip generated with the reference's motion playing")
+    _wait(page, TEXT_PRESENT, ["#me-generated-summary", "moving as the"], "the generated clip's settings")
     page.screenshot(path=str(shots / name), full_page=True)
-    return {"summary": page.locator("#me-summary").inner_text()}
+    return {"summary": summary, "generated": page.locator("#me-generated-summary").inner_text()}
 
 
 def attention_speed(page, shots: Path, name: str, label: str = "8,160 tokens") -> dict:

@@ -54,3 +54,31 @@ def test_shipped_model_draws_the_prompted_color_and_direction(pipe):
     # the full check (benchmarks/default_model_check.py, 48 prompts x 2 seeds) measured the accuracy in the
     # README; on these 8 prompts at most one may miss
     assert both >= 7, f"color and direction right in {both} of 8 clips (colors {colors}, directions {directions})"
+
+
+def test_shipped_motion_adapter_steers_a_prompt_without_a_direction(pipe):
+    """Each of PROMPTS without its direction word ("a red circle"), with a rendered reference clip of another
+    color and shape moving in that direction: the clip moves the reference's way. Without the adapter the
+    same prompts all go one way (benchmarks/results/motion_reference_check_without_adapter.json)."""
+    from vmoba.pipelines import load_motion_adapter
+    from vmoba.training.shapes import COLORS, SHAPES, prompted_spec, render_clip
+
+    adapter = load_motion_adapter()
+    vmoba.enable(pipe, DEFAULT_VMOBA_CONFIG)
+    try:
+        follows, plain = [], []
+        for i, (color, shape, direction) in enumerate(PROMPTS):
+            colors = list(COLORS)
+            other = (colors[(colors.index(color) + 1) % len(colors)], SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)])
+            reference = render_clip(prompted_spec(*other, direction, seed=i))  # (17, 64, 64, 3) uint8
+            call = dict(num_inference_steps=20, guidance_scale=5.0, output_type="np", **DEFAULT_SIZE)
+            with adapter.conditioning(pipe, torch.from_numpy(reference).permute(0, 3, 1, 2).float() / 255):
+                video = pipe(f"a {color} {shape}", generator=torch.Generator().manual_seed(0), **call).frames[0]
+            follows.append(detect_clip(video).direction == direction)
+            without = pipe(f"a {color} {shape}", generator=torch.Generator().manual_seed(0), **call).frames[0]
+            plain.append(detect_clip(without).direction == direction)
+    finally:
+        vmoba.disable(pipe)
+    # the full check (benchmarks/motion_reference_check.py, 96 clips) measured 87.5%; here at most two may miss,
+    # and the adapter must beat the same prompts without it
+    assert sum(follows) >= 6 and sum(follows) > sum(plain) + 2, (follows, plain)

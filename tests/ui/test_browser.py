@@ -31,6 +31,7 @@ def test_every_tab_in_headless_chromium(demo_server):
     assert "w=6" in results["text_to_video"]["caption"]  # the clicked point, 0.8 of the width, is token column 6
     assert "SSIM" in results["events"]["summary"]
     assert "px/frame" in results["motion"]["summary"]
+    assert "'a red circle', seed 0, 6 steps, moving as the 9-frame clip above" in results["motion"]["generated"]
     assert "320 tokens" in results["speed"]["summary"]
     for tab in ("text_to_video", "events", "motion", "speed"):
         assert (ARTIFACTS / f"browser_{tab}.png").stat().st_size > 10_000

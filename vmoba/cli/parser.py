@@ -89,7 +89,8 @@ def _add_generate(sub) -> None:
                      help="also run dense attention at the same seed; print the time ratio, mean density and PSNR")
     gen.add_argument("--motion-reference", metavar="VIDEO",
                      help="a video whose motion the generated one follows, through the motion adapter trained "
-                     "for --model (motion_adapter.safetensors in its folder); leave the direction out of the prompt")
+                     "for the model (motion_adapter.safetensors in its folder; the embedded one ships one); leave "
+                     "the direction out of the prompt")
     gen.set_defaults(run="generate:run_generate")
 
 

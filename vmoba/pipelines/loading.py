@@ -173,8 +173,8 @@ def load_pipeline(path: str | Path | None = None):
 
 def load_motion_adapter(path: str | Path | None = None) -> MotionEnergyAdapter:
     """The motion adapter trained for a pipeline folder (its ``motion_adapter.safetensors``; ``None``: the
-    embedded default model's), to attach to that pipeline's transformer. FileNotFoundError names the folder
-    when it has none."""
+    embedded default model's), for ``adapter.conditioning(pipe, reference)`` on that pipeline.
+    FileNotFoundError names the folder when it has none."""
     folder = WEIGHTS_DIR if path is None else Path(path)
     file = folder / MOTION_ADAPTER_FILE
     if not file.is_file():
