@@ -33,8 +33,12 @@ def reference(direction, n=9):
     return frames
 
 
-def small_adapter(model):
-    return MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3), hidden=16)
+def small_adapter(model, std=None):
+    """A small adapter for ``model``; with ``std`` its projection is drawn from N(0, std^2), so that it acts."""
+    adapter = MotionEnergyAdapter.for_transformer(model, energy=MotionEnergy(num_orientations=4, num_scales=3), hidden=16)
+    if std is not None:
+        torch.nn.init.normal_(adapter.proj.weight, std=std)
+    return adapter
 
 
 def test_untrained_adapter_changes_nothing(wan):
@@ -53,8 +57,7 @@ def test_untrained_adapter_changes_nothing(wan):
 
 def test_conditioning_reaches_the_output_and_depends_on_the_motion(wan):
     model, inputs = wan
-    adapter = small_adapter(model)
-    torch.nn.init.normal_(adapter.proj.weight, std=0.05)
+    adapter = small_adapter(model, std=0.05)
     with torch.no_grad():
         before = model(**inputs).sample
         adapter.attach(model)
@@ -113,8 +116,7 @@ def test_adapter_trains_while_the_transformer_stays_frozen(wan):
 
 def test_save_and_load_round_trip(wan, tmp_path):
     model, inputs = wan
-    adapter = small_adapter(model)
-    torch.nn.init.normal_(adapter.proj.weight, std=0.05)
+    adapter = small_adapter(model, std=0.05)
     adapter.save_pretrained(tmp_path / "adapter.safetensors")
     loaded = MotionEnergyAdapter.from_pretrained(tmp_path / "adapter.safetensors")
     with torch.no_grad():
@@ -340,8 +342,7 @@ def test_conditioning_puts_the_motion_token_in_the_prompt_and_not_the_negative_p
 
 def test_bypassed_adapter_passes_embeddings_through_while_attached(wan):
     model, inputs = wan
-    adapter = small_adapter(model)
-    torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+    adapter = small_adapter(model, std=0.5)
     with torch.no_grad():
         before = model(**inputs).sample
         with adapter.attached(model, reference(0.0)):
