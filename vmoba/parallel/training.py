@@ -47,6 +47,11 @@ def _accelerator_count_for_cpu():
         yield
 
 
+# how a sequence-parallel group splits attention (diffusers' ContextParallelConfig): all-to-all over heads,
+# a ring of key/value shards, or a ring of Ulysses pairs
+LAYOUTS = ("ulysses", "ring", "unified")
+
+
 def enable_sequence_parallel(transformer, degree: int, layout: str = "ulysses"):
     """Split ``transformer``'s sequence over ``degree`` processes (all of them: one context-parallel group)
     with diffusers' engine; ``layout`` ``"ulysses"``, ``"ring"`` or ``"unified"`` (ring of Ulysses pairs).
@@ -54,7 +59,7 @@ def enable_sequence_parallel(transformer, degree: int, layout: str = "ulysses"):
     processors present, and `VMoBAProcessor` and `CrissCrossAttnProcessor` join its engine. Works on CPU
     (gloo) as well as on GPUs."""
     degree = integer("degree", degree, min=2)
-    layout = choice("layout", layout, ("ulysses", "ring", "unified"))
+    layout = choice("layout", layout, LAYOUTS)
     if layout == "ulysses":
         config = ContextParallelConfig(ulysses_degree=degree)
     elif layout == "ring":

@@ -25,6 +25,7 @@ import yaml
 
 from .. import checks
 from ..config import VMoBAConfig
+from ..parallel.training import LAYOUTS
 from ..pipelines.default import base_vmoba_config
 
 TASKS = ("text_to_video", "autoencoder")
@@ -429,7 +430,7 @@ def _check(c: TrainConfig) -> None:
     positive("training.max_minutes", t.max_minutes)
     positive("training.threads", t.threads)
     positive("training.sequence_parallel", t.sequence_parallel)
-    choice("training.sequence_parallel_layout", t.sequence_parallel_layout, ("ulysses", "ring", "unified"))
+    choice("training.sequence_parallel_layout", t.sequence_parallel_layout, LAYOUTS)
     if t.sequence_parallel > 1 and c.task != "text_to_video":
         fail("training.sequence_parallel", f"splits the transformer's sequence; task {c.task!r} has none: remove it")
     if t.sequence_parallel_layout == "unified" and t.sequence_parallel % 2:
