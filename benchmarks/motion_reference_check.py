@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     print(f"\n{mode}: moves as the reference in {summary['follows_reference']:.1%} of {len(rows)} clips, and shows the "
           f"prompt's colour and shape too in {summary['correct']:.1%} (colour {summary['color_accuracy']:.1%}, "
           f"shape {summary['shape_accuracy']:.1%}); {summary['seconds_per_clip']} s per clip")
-    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter, "seeds": args.seeds, "first_seed": args.first_seed,
+    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter, "seeds": args.seeds,
+                "first_seed": args.first_seed,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "size": size, "frames": frames,
                 "attention": "vmoba", "vmoba_config": defaults.vmoba_config.to_dict(),
                 "command": "python benchmarks/motion_reference_check.py " + " ".join(argv if argv is not None

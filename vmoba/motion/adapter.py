@@ -317,9 +317,9 @@ class MotionEnergyAdapter(nn.Module):
             with self.attached(transformer, reference):
                 yield self
             return
-        if _text_embedder(transformer).linear_1.in_features != self.inner_dim:
-            raise ValueError(f"adapter inner_dim {self.inner_dim} does not match the transformer's text width "
-                             f"{_text_embedder(transformer).linear_1.in_features}")
+        width = _text_embedder(transformer).linear_1.in_features
+        if width != self.inner_dim:
+            raise ValueError(f"adapter inner_dim {self.inner_dim} does not match the transformer's text width {width}")
         if "encode_prompt" in vars(pipe):
             raise RuntimeError("this pipeline's encode_prompt is already wrapped (a conditioning context is open)")
         encode_prompt = pipe.encode_prompt

@@ -70,16 +70,11 @@ def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device,
         chunk = indices[start : start + batch_size]
         videos = torch.stack([load_frames(clips[i].path, d.num_frames, d.height, d.width) for i in chunk])
         posterior = vae.encode(videos.to(device, vae.dtype)).latent_dist
-        embeds = teacher = None
+        texts = {}
         if text is not None:
-            ids, mask = tokenize(text["tokenizer"], [clips[i].caption for i in chunk], text["max_sequence_length"])
-            embeds = encode_tokens(text["encoder"], ids.to(device), mask.to(device))
-            lengths = mask.sum(1).tolist()
-            teachers = [clips[i].teacher_caption for i in chunk]
-            if teachers[0] is not None:  # all clips have one (motion_adapter.target: caption) or none
-                ids, tmask = tokenize(text["tokenizer"], teachers, text["max_sequence_length"])
-                teacher = encode_tokens(text["encoder"], ids.to(device), tmask.to(device))
-                teacher_lengths = tmask.sum(1).tolist()
+            texts["prompt_embeds"] = _trimmed_embeddings(text, [clips[i].caption for i in chunk], device)
+            if clips[chunk[0]].teacher_caption is not None:  # all clips have one (motion_adapter.target: caption)
+                texts["teacher_embeds"] = _trimmed_embeddings(text, [clips[i].teacher_caption for i in chunk], device)
         energy = None
         if motion is not None:
             grid = [n // p for n, p in zip(posterior.mean.shape[2:], motion["patch_size"])]
@@ -88,16 +83,21 @@ def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device,
         for j, i in enumerate(chunk):
             item = {"latent_mean": posterior.mean[j].float().cpu().contiguous(),
                     "latent_logvar": posterior.logvar[j].float().cpu().contiguous()}
-            if embeds is not None:
-                item["prompt_embeds"] = embeds[j, : lengths[j]].float().cpu().contiguous()
-            if teacher is not None:
-                item["teacher_embeds"] = teacher[j, : teacher_lengths[j]].float().cpu().contiguous()
+            item.update({key: embeds[j] for key, embeds in texts.items()})
             if energy is not None:
                 item["motion_energy"] = energy[j].float().cpu().contiguous()
             with atomic_output(cache_dir / f"{i:06d}.safetensors") as partial:
                 save_file(item, str(partial))
         bar.update(len(chunk))
     bar.close()
+
+
+def _trimmed_embeddings(text: dict, captions: list[str], device) -> list[torch.Tensor]:
+    """Each caption's embedding as the pipeline makes it, trimmed to the prompt's length (how the cache stores
+    them; `CachedLatentDataset` pads them again)."""
+    ids, mask = tokenize(text["tokenizer"], captions, text["max_sequence_length"])
+    embeds = encode_tokens(text["encoder"], ids.to(device), mask.to(device))
+    return [e[:n].float().cpu().contiguous() for e, n in zip(embeds, mask.sum(1).tolist())]
 
 
 def empty_prompt_embeds(text: dict, device) -> torch.Tensor:

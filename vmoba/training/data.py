@@ -35,6 +35,12 @@ class Clip:
     # the caption the frozen teacher reads (motion_adapter.target: caption): the words `caption` lost
     teacher_caption: str | None = None
 
+    def captions(self) -> dict[str, str]:
+        """The item fields of its captions: ``caption``, and ``teacher_caption`` when it has one."""
+        if self.teacher_caption is None:
+            return {"caption": self.caption}
+        return {"caption": self.caption, "teacher_caption": self.teacher_caption}
+
 
 def find_captions(root: Path, captions: str | None = None) -> Path:
     if captions is not None:
@@ -178,10 +184,7 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
                 start = int(rng.integers(0, frames.shape[0] - self.num_frames + 1))
             x = torch.from_numpy(frames[start : start + self.num_frames]).permute(0, 3, 1, 2).float()
             video = (resize_crop(x, self.height, self.width) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
-        item = {"video": video, "caption": clip.caption}
-        if clip.teacher_caption is not None:
-            item["teacher_caption"] = clip.teacher_caption
-        return item
+        return {"video": video, **clip.captions()}
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, np.random.default_rng(index))
@@ -210,11 +213,7 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def sample(self, index: int, rng=None) -> dict:
-        clip = self.clips[index]
-        item = {**self.items[index], "caption": clip.caption}
-        if clip.teacher_caption is not None:
-            item["teacher_caption"] = clip.teacher_caption
-        return item
+        return {**self.items[index], **self.clips[index].captions()}
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index)
