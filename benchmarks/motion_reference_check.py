@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
 
-from vmoba.cli.arguments import finite, positive_int  # noqa: E402
+from vmoba.cli.arguments import finite, natural_int, positive_int  # noqa: E402
 from default_model_check import ground_truth_clip, judge  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                         "embedded model)")
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="clips per prompt and direction (seeds F..F+N-1, F from --first-seed)")
-    parser.add_argument("--first-seed", type=int, default=0,
+    parser.add_argument("--first-seed", type=natural_int, default=0,
                         help="first seed (of the references and the generation): settings chosen on other seeds than "
                              "the reported ones")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
