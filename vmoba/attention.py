@@ -63,11 +63,17 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k and v must not be empty, got shape {tuple(q.shape)}")
 
 
-def check_finite(*tensors: torch.Tensor, names: Sequence[str] = ("q", "k", "v")) -> None:
-    flags = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
-    bad = [n for n, ok in zip(names, flags) if not ok]
+def check_finite(*tensors: torch.Tensor, names: Sequence[str] = ("q", "k", "v"), group=None) -> None:
+    """Raise when a tensor holds NaN or Inf. With a process ``group``, every rank of it raises when any rank's
+    tensors do: one rank raising alone would leave the others waiting in the next collective."""
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
+    if group is not None:
+        flags = flags.to(torch.int32)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN, group=group)
+    bad = [n for n, ok in zip(names, flags.tolist()) if not ok]
     if bad:
-        raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)}")
+        where = " on some rank" if group is not None else ""
+        raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)}{where}")
 
 
 def check_text_mask(text_mask, batch: int, text_len: int, device) -> torch.Tensor | None:

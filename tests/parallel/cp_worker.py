@@ -7,7 +7,8 @@ PROCESSOR, for a tiny Wan transformer (``ltx/PROCESSOR``: a tiny LTX-Video one):
 processor), ``enabled`` (`vmoba.enable`, which reads the grid from the transformer's input), or installed with
 `set_attn_processor` (the grid then comes from the gathered rotary table): ``vmoba``, ``vmoba-global``,
 ``vmoba-block``, ``vmoba-reordered``, ``mixed`` (criss-cross and VMoBA layers), ``crisscross``. LAYOUT:
-``ulysses``, ``ring`` or ``unified`` (both, 4 processes). The vmoba processors capture their calls under
+``ulysses``, ``ring`` or ``unified`` (both, 4 processes); PROCESSOR ``nan``: VMoBA with NaN in one rank's
+shard of the input, which must raise on every rank. The vmoba processors capture their calls under
 parallelism; the rank writes how many records it got and how many kept a selection mask. The model runs in
 float64; diffusers merges ring steps in float32 (``convert_to_fp32``), the one rounding left.
 """
@@ -128,6 +129,21 @@ def check(kind: str, layout: str) -> dict:
             "masks": sum(record.mask is not None for record in records)}
 
 
+def check_nan(layout: str) -> dict:
+    """NaN in the last frame of the input: under parallelism only the last rank's shard holds it, and every
+    rank must raise (a rank that went on would wait forever in the next collective)."""
+    model, inputs = build()
+    install(model, "vmoba")
+    inputs["hidden_states"][:, :, -1] = float("nan")
+    with mock.patch.object(torch.accelerator, "device_count", return_value=1):
+        model.enable_parallelism(config=layout_config(layout, dist.get_world_size()))
+    try:
+        model(**inputs, return_dict=False)
+    except ValueError as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {"error": "no error"}
+
+
 def main():
     out_dir, cases = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
@@ -135,7 +151,8 @@ def main():
     results = {}
     for case in cases:
         try:
-            results[case] = check(*case.split(":"))
+            kind, layout = case.split(":")
+            results[case] = check_nan(layout) if kind == "nan" else check(kind, layout)
         except Exception:  # noqa: BLE001 - reported to the test, which shows it
             results[case] = {"crash": traceback.format_exc()}
     (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))

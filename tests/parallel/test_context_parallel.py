@@ -19,7 +19,7 @@ TOLERANCE = 1e-5  # relative; ring steps are merged in float32 by diffusers, eve
 TWO = ["default:ulysses", "enabled:ulysses", "vmoba:ulysses", "vmoba:ring", "vmoba-global:ulysses", "vmoba-global:ring",
        "vmoba-block:ulysses", "vmoba-block:ring", "vmoba-reordered:ulysses", "mixed:ulysses", "mixed:ring",
        "crisscross:ulysses", "crisscross:ring",
-       "ltx/vmoba:ulysses", "ltx/crisscross:ulysses"]
+       "ltx/vmoba:ulysses", "ltx/crisscross:ulysses", "nan:ulysses", "nan:ring"]
 FOUR = ["vmoba:unified", "vmoba-block:unified", "vmoba-reordered:unified"]
 
 
@@ -97,6 +97,12 @@ def test_selection_over_all_heads_is_refused_under_ulysses(two):
 def test_criss_cross_attention_is_refused_under_ring(two, case):
     _refused(two, case, "CrissCrossAttnProcessor has no ring form" if case.startswith("crisscross") else
              "VMoBAProcessor has no ring form")
+
+
+@pytest.mark.parametrize("case", ["nan:ulysses", "nan:ring"])
+def test_nan_on_one_rank_raises_on_every_rank(two, case):
+    """Only the last rank's shard holds the NaN; a rank that did not raise would hang in the next collective."""
+    _refused(two, case, "ValueError: non-finite values (NaN or Inf) in q, k, v on some rank")
 
 
 def test_ulysses_and_ring_together_match_one_process(four):

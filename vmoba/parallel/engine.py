@@ -37,7 +37,7 @@ import torch.distributed._functional_collectives as funcol
 from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
 from .._parallel import parallel_map
-from ..attention import AttentionStats, dense_reason
+from ..attention import AttentionStats, check_finite, dense_reason
 from ..config import VMoBAConfig, as_config
 from ..kernels.sparse_attention import _FLASH_CPU, _attend_one_head, _compute_dtype
 from ..partition import get_partition, validate_grid
@@ -100,7 +100,7 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
     if ring is not None:
         ring.check(cp)
         if ring.config.validate_inputs:
-            _check_finite_everywhere(q, k, v, cp)
+            check_finite(q, k, v, group=cp._flattened_mesh.get_group())
     if head_order is not None and cp.ulysses_degree > 1:
         head_order = torch.as_tensor(head_order, dtype=torch.long, device=q.device)
         if sorted(head_order.tolist()) != list(range(q.shape[2])):
@@ -125,16 +125,6 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
     out = _templated_context_parallel_attention(q, k, v, forward_op=op.forward_op, backward_op=op.backward_op,
                                                 _parallel_config=parallel_config)
     return out, op.stats
-
-
-def _check_finite_everywhere(q, k, v, cp) -> None:
-    """Every rank raises when any rank's shard holds NaN or Inf: one rank raising alone would leave the
-    others waiting in the next collective."""
-    flags = torch.stack([torch.isfinite(x).all() for x in (q, k, v)]).to(torch.int32)
-    dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=cp._flattened_mesh.get_group())
-    bad = [name for name, ok in zip("qkv", flags.tolist()) if not ok]
-    if bad:
-        raise ValueError(f"non-finite values (NaN or Inf) in {', '.join(bad)} on some rank")
 
 
 class _UlyssesOp:
