@@ -27,6 +27,7 @@ under ring; ``block`` and ``overall`` selection (which group over all heads) und
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -102,13 +103,11 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
         if ring.config.validate_inputs:
             check_finite(q, k, v, group=cp._flattened_mesh.get_group())
     if head_order is not None and cp.ulysses_degree > 1:
-        head_order = torch.as_tensor(head_order, dtype=torch.long, device=q.device)
-        if sorted(head_order.tolist()) != list(range(q.shape[2])):
-            raise ValueError(f"head_order must be a permutation of the {q.shape[2]} heads, got {head_order.tolist()}")
-        q, k, v = (x.index_select(2, head_order) for x in (q, k, v))
+        order, inverse = _head_permutation(check_head_order(head_order, q.shape[2]), q.device)
+        q, k, v = (x.index_select(2, order) for x in (q, k, v))
         out, stats = context_parallel_attention(attention_fn, q, k, v, parallel_config=parallel_config, ring=ring,
                                                 what=what)
-        return out.index_select(2, torch.argsort(head_order)), stats
+        return out.index_select(2, inverse), stats
     if cp.ring_degree > 1:
         if ring is None:
             raise UnsupportedParallelism(
@@ -125,6 +124,30 @@ def context_parallel_attention(attention_fn: AttentionFn, q: torch.Tensor, k: to
     out = _templated_context_parallel_attention(q, k, v, forward_op=op.forward_op, backward_op=op.backward_op,
                                                 _parallel_config=parallel_config)
     return out, op.stats
+
+
+def check_head_order(order, heads: int | None = None) -> tuple[int, ...]:
+    """``order`` (a sequence of ints or a CPU tensor) as a tuple, checked on the host to be a permutation of
+    ``0 .. heads - 1`` (of its own length when ``heads`` is None)."""
+    if isinstance(order, torch.Tensor):
+        if order.dim() != 1 or order.is_floating_point() or order.is_complex() or order.dtype == torch.bool:
+            raise ValueError(f"head_order must be a 1-D integer tensor, got {order.dtype} {tuple(order.shape)}")
+        order = order.tolist()  # a GPU tensor costs a host sync here: give a list or a CPU tensor
+    order = tuple(order)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in order):
+        raise ValueError(f"head_order must hold head indices (ints), got {list(order)}")
+    heads = len(order) if heads is None else heads
+    if sorted(order) != list(range(heads)):
+        raise ValueError(f"head_order must be a permutation of the {heads} heads, got {list(order)}")
+    return order
+
+
+@functools.lru_cache(maxsize=64)
+def _head_permutation(order: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The order and its inverse as index tensors on ``device``, made once: a host-to-device copy per call
+    would wait for the device's queue."""
+    index = torch.tensor(order, dtype=torch.long, device=device)
+    return index, torch.argsort(index)
 
 
 class _UlyssesOp:

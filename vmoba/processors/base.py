@@ -15,6 +15,7 @@ from ..attention import AttentionStats, attention_with_selection, dense_reason
 from ..config import VMoBAConfig, as_config
 from ..crisscross import criss_cross_attention, criss_cross_backend
 from ..parallel import VMoBARing, context_parallel_attention, gather_sequence, world_size
+from ..parallel.engine import check_head_order
 from ..partition import get_partition, validate_grid
 from ..selection import BlockSelection
 from .families import FAMILY_NAMES, Family, family_named, family_of_attention
@@ -77,7 +78,17 @@ class AttentionProcessor:
 
     _attention_backend = None
     _parallel_config = None  # set by diffusers' enable_parallelism
-    head_order = None
+    _head_order: tuple[int, ...] | None = None
+
+    @property
+    def head_order(self) -> tuple[int, ...] | None:
+        """The heads' order under Ulysses: set a permutation (list, tuple or CPU tensor), checked once here
+        rather than on every call; None keeps diffusers' order."""
+        return self._head_order
+
+    @head_order.setter
+    def head_order(self, order) -> None:
+        self._head_order = None if order is None else check_head_order(order)
 
     def __init__(self, config: VMoBAConfig | Mapping[str, Any] | None = None, *,
                  grid: Sequence[int] | None = None, family: str | None = None, capture: bool = False,
