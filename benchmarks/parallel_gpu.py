@@ -25,17 +25,15 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_info, print_table, rel_l2, structured_qkv  # noqa: E402
+from common import RESULTS, machine_info, print_table, rel_l2, structured_qkv, time_call  # noqa: E402
 
 from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig  # noqa: E402
 from diffusers.models.attention_dispatch import dispatch_attention_fn  # noqa: E402
@@ -53,15 +51,7 @@ def timed(fn, device, repeat: int) -> float:
         if dist.is_initialized():
             dist.barrier()
 
-    fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    ms = torch.tensor(statistics.median(times))
+    ms = torch.tensor(time_call(fn, warmup=1, repeat=repeat, sync=sync))
     if dist.is_initialized():
         dist.all_reduce(ms, op=dist.ReduceOp.MAX)
     return float(ms)
