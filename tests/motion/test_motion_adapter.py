@@ -354,6 +354,37 @@ def test_bypassed_adapter_passes_embeddings_through_while_attached(wan):
     assert not torch.allclose(steered, before)
 
 
+def test_bypassed_samples_pass_unchanged_and_the_others_are_conditioned(wan):
+    """Per sample: what a batch gives with ``bypassed(samples)`` is, sample by sample, what the model gives
+    with the adapter off (named samples) or on (the others); the transformer treats samples independently."""
+    model, inputs = wan
+    for adapter in (small_adapter(model, std=0.5), text_adapter(model)):
+        if adapter.inject == "text":
+            torch.nn.init.normal_(adapter.proj.weight, std=0.5)
+            inputs["encoder_hidden_states"][:, 7:] = 0
+        with torch.no_grad():
+            before = model(**inputs).sample
+            with adapter.attached(model, reference(0.0)):
+                steered = model(**inputs).sample
+                with adapter.bypassed(torch.tensor([True, False])):
+                    mixed = model(**inputs).sample
+                with adapter.bypassed(torch.tensor([False, True])):
+                    other = model(**inputs).sample
+        assert not torch.allclose(steered, before)
+        torch.testing.assert_close(mixed[0], before[0], rtol=0, atol=0)
+        torch.testing.assert_close(mixed[1], steered[1])
+        torch.testing.assert_close(other[0], steered[0])
+        torch.testing.assert_close(other[1], before[1], rtol=0, atol=0)
+        with adapter.attached(model, reference(0.0)):
+            with pytest.raises(ValueError, match="names 3 samples for a batch of 2"), adapter.bypassed(
+                    torch.tensor([True, False, True])):
+                model(**inputs)
+            for bad in (torch.tensor([1, 0]), [True, False], torch.ones(2, 1, dtype=torch.bool)):
+                with pytest.raises(ValueError, match=r"samples must be a \(batch,\) bool tensor"):
+                    with adapter.bypassed(bad):
+                        pass
+
+
 def test_text_injection_settings_are_checked_and_saved(wan, tmp_path):
     model, _ = wan
     energy = MotionEnergy(num_orientations=4, num_scales=3)

@@ -549,6 +549,62 @@ def test_caption_distillation_targets_the_frozen_model_reading_the_whole_caption
                          distill=True)
 
 
+def test_keep_words_trains_whole_captions_without_the_token_and_cut_ones_with_it():
+    """Every clip reaches the text embedder in one of three allowed forms: its whole caption without the motion
+    token, its cut caption with its reference's token in the first padding row, or the empty caption (caption
+    dropout) without a token; nothing else. Built apart with the pipeline's own encode_prompt."""
+    from vmoba.motion import MotionEnergy, MotionEnergyAdapter
+    from vmoba.motion.synthetic import grating_clip
+
+    pipe = build_default_pipeline(seed=2)
+    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
+                                                  num_scales=2), hidden=8, pooling="global", inject="text")
+    torch.manual_seed(0)
+    torch.nn.init.normal_(adapter.proj.weight, std=0.3)
+    adapter.attach(pipe.transformer)
+    loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
+                               max_sequence_length=16, caption_dropout=0.25, flow=FlowSettings(shift=3.0),
+                               motion_adapter=adapter, keep_words=0.5)
+    n = 8
+    angles = [0.0, np.pi / 2, np.pi, 3 * np.pi / 2] * 2
+    references = torch.stack([torch.as_tensor(grating_clip((32, 32), 9, a, 1.0, frequency=0.15)[0]).float()
+                              for a in angles])
+    energy = adapter.reference_energy(references, (3, 1, 1))
+    mean, std = (t.view(1, -1, 1, 1, 1) for t in (torch.tensor(pipe.vae.config.latents_mean),
+                                                     torch.tensor(pipe.vae.config.latents_std)))
+    x0 = torch.randn(n, 16, 3, 8, 8)
+    words = ["right", "up", "left", "down"] * 2
+    colours = ["red", "blue", "green", "yellow", "red", "blue", "green", "yellow"]
+    batch = {"latent_mean": x0 * std + mean, "latent_logvar": torch.zeros_like(x0), "motion_energy": energy,
+             "caption": [f"a {c} circle moves" for c in colours],
+             "teacher_caption": [f"a {c} circle moves {w}" for c, w in zip(colours, words)]}
+    seen = []
+    embedder = pipe.transformer.condition_embedder.text_embedder
+    hook = embedder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))  # after the adapter's
+    loss = loss_fn(batch, torch.Generator().manual_seed(3))
+    hook.remove()
+    encode = lambda p: pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=16)[0]  # noqa: E731
+    with torch.no_grad():
+        whole, cut, empty = encode(batch["teacher_caption"]), encode(batch["caption"]), encode([""] * n)
+        token = adapter.condition((1, 1, 1)).flatten(1)
+    (got,) = seen
+    kinds = []
+    for i in range(n):
+        with_token = cut[i].clone()
+        with_token[int((cut[i] != 0).any(-1).sum())] = token[i]
+        allowed = {"whole": whole[i], "cut+token": with_token, "empty": empty[i]}
+        match = [k for k, e in allowed.items() if torch.allclose(got[i], e, atol=1e-6)]
+        assert len(match) == 1, f"clip {i} reached the model in none of the allowed forms"
+        kinds.append(match[0])
+    assert set(kinds) == {"whole", "cut+token", "empty"}, kinds  # this seed draws all three
+    loss.backward()  # the transformer and the adapter both learn
+    assert adapter.proj.weight.grad.abs().sum() > 0
+    assert pipe.transformer.proj_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="keep_words mixes whole captions"):
+        FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
+                         max_sequence_length=16, caption_dropout=0.0, flow=FlowSettings(), keep_words=0.5)
+
+
 def test_caption_distillation_run_caches_the_teachers_embeddings(tmp_path, data9):
     from safetensors.torch import load_file
 
@@ -576,6 +632,36 @@ def test_caption_distillation_run_caches_the_teachers_embeddings(tmp_path, data9
     assert load_motion_adapter(final).proj.weight.abs().sum() > 0
 
 
+def test_joint_run_starts_from_the_pretrained_adapter_and_trains_both(tmp_path, data9):
+    from vmoba.pipelines import load_motion_adapter
+
+    shipped = load_motion_adapter()
+    settings = {"pooling": "global", "inject": "text", "normalize": True, "hidden": shipped.hidden,
+                "start": "pretrained", "keep_words": 0.5}
+    config = _config(tmp_path, data9, model={"pretrained": "default", "from_scratch": False,
+                                             "train": ["transformer", "motion_adapter"]},
+                     data={"num_frames": 9, "cache_dir": str(tmp_path / "cache"), "caption_dropout": 0.1},
+                     motion_adapter=settings, training={"max_steps": 2, "learning_rate": 1e-5})
+    final = run(config)
+    trained = load_motion_adapter(final)
+    moved = max((a - b).abs().max().item() for a, b in zip(trained.state_dict().values(),
+                                                              shipped.state_dict().values()))
+    assert 0 < moved < 1e-3  # two small steps from the shipped adapter, not from a fresh one (its projection is 0)
+    base, pipe = load_default_pipeline(), load_default_pipeline(final)
+    assert any(not torch.equal(a, b) for a, b in zip(base.transformer.state_dict().values(),
+                                                     pipe.transformer.state_dict().values()))
+    with pytest.raises(ConfigError, match=r"motion_adapter.hidden is 8 but the pretrained adapter "
+                                          r"\(motion_adapter.start: pretrained\) has 64"):
+        run(_config(tmp_path, data9, model={"pretrained": "default", "train": ["transformer", "motion_adapter"]},
+                    data={"num_frames": 9}, motion_adapter={**settings, "hidden": 8},
+                    training={"output_dir": str(tmp_path / "run2")}))
+    base.save_pretrained(tmp_path / "plain")  # a pipeline folder without a motion adapter
+    with pytest.raises(ConfigError, match=r"motion_adapter.start: pretrained: .*plain has no motion adapter"):
+        run(_config(tmp_path, data9, model={"pretrained": str(tmp_path / "plain"),
+                                            "train": ["transformer", "motion_adapter"]},
+                    data={"num_frames": 9}, motion_adapter=settings, training={"output_dir": str(tmp_path / "run3")}))
+
+
 def test_motion_adapter_settings_are_checked(tmp_path, data9):
     def config(**sections):
         return _config(tmp_path, data9, **{"model": {"train": ["motion_adapter"]}, **sections})
@@ -596,6 +682,13 @@ def test_motion_adapter_settings_are_checked(tmp_path, data9):
         config(motion_adapter={"target": "caption"}, data={"caption_dropout": 0.1})
     with pytest.raises(ConfigError, match="motion_adapter.drop_words is empty"):
         config(motion_adapter={"target": "caption", "drop_words": []})
+    with pytest.raises(ConfigError, match=r"motion_adapter.keep_words must be in \[0, 1\), got 1.0"):
+        config(motion_adapter={"keep_words": 1.0})
+    with pytest.raises(ConfigError, match=r"motion_adapter.keep_words trains the transformer on whole captions: "
+                                          r"model.train must list transformer too"):
+        config(motion_adapter={"keep_words": 0.5})
+    with pytest.raises(ConfigError, match="motion_adapter.start must be one of"):
+        config(motion_adapter={"start": "shipped"})
     with pytest.raises(ConfigError, match="autoencoder task trains the VAE alone"):
         _config(tmp_path, data9, task="autoencoder", model={"train": ["motion_adapter"]})
     with pytest.raises(FileNotFoundError, match="has no motion adapter"):

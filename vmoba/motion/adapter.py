@@ -109,7 +109,7 @@ class MotionEnergyAdapter(nn.Module):
         self._reference_energy: torch.Tensor | None = None
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._handle: Any = None
-        self._bypassed = False
+        self._bypassed: bool | torch.Tensor = False  # or a (B,) mask: the samples passed unchanged
 
     @classmethod
     def for_transformer(cls, transformer: nn.Module, **kwargs: Any) -> "MotionEnergyAdapter":
@@ -212,7 +212,7 @@ class MotionEnergyAdapter(nn.Module):
         """``patch_embeddings + condition``, with the reference batch matched to the embeddings' batch (with
         ``inject="text"``: text embeddings ``(B, L, inner_dim)`` with the clip's vector in their first padding row).
         Inside `bypassed` the embeddings pass unchanged."""
-        if self._bypassed:
+        if self._bypassed is True:
             return patch_embeddings
         if self.inject == "text":
             if patch_embeddings.dim() != 3 or patch_embeddings.shape[2] != self.inner_dim:
@@ -228,13 +228,25 @@ class MotionEnergyAdapter(nn.Module):
                                  f"and a prompt fills all {patch_embeddings.shape[1]} positions (has no padding "
                                  f"position): use a shorter prompt or a longer max_sequence_length")
             first = padding & (padding.cumsum(dim=1) == 1)
+            cond = self._unless_bypassed(cond)
             return patch_embeddings + first * cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
         if patch_embeddings.dim() != 5 or patch_embeddings.shape[1] != self.inner_dim:
             raise ValueError(
                 f"expected patch embeddings (B, {self.inner_dim}, T', H', W'), got {tuple(patch_embeddings.shape)}"
             )
         cond = self._batched(self.condition(tuple(patch_embeddings.shape[2:])), patch_embeddings.shape[0])
+        cond = self._unless_bypassed(cond)
         return patch_embeddings + cond.to(device=patch_embeddings.device, dtype=patch_embeddings.dtype)
+
+    def _unless_bypassed(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` zeroed for the samples `bypassed` names."""
+        if self._bypassed is False:
+            return cond
+        if self._bypassed.shape[0] != cond.shape[0]:
+            raise ValueError(f"bypassed(samples) names {self._bypassed.shape[0]} samples for a batch of "
+                             f"{cond.shape[0]}")
+        keep = (~self._bypassed).to(cond.device, cond.dtype)
+        return cond * keep.view(-1, *([1] * (cond.dim() - 1)))
 
     @staticmethod
     def _batched(cond: torch.Tensor, b: int) -> torch.Tensor:
@@ -291,10 +303,16 @@ class MotionEnergyAdapter(nn.Module):
             self.detach()
 
     @contextlib.contextmanager
-    def bypassed(self) -> Iterator["MotionEnergyAdapter"]:
+    def bypassed(self, samples: torch.Tensor | None = None) -> Iterator["MotionEnergyAdapter"]:
         """Attached but passing the embeddings through unchanged: the model as it was without the adapter (a
-        distillation teacher), without removing and re-adding the hook."""
-        previous, self._bypassed = self._bypassed, True
+        distillation teacher), without removing and re-adding the hook. ``samples``: a ``(B,)`` bool mask of
+        the batch's samples to pass unchanged (the others are conditioned); None: all of them."""
+        if samples is not None and (not isinstance(samples, torch.Tensor) or samples.dtype != torch.bool
+                                    or samples.dim() != 1):
+            raise ValueError(f"samples must be a (batch,) bool tensor or None, got "
+                             f"{getattr(samples, 'dtype', type(samples).__name__)} "
+                             f"{tuple(getattr(samples, 'shape', ()))}")
+        previous, self._bypassed = self._bypassed, True if samples is None else samples
         try:
             yield self
         finally:

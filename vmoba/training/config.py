@@ -109,6 +109,12 @@ class MotionAdapterSettings:
     # data: the flow-matching target (noise - x0); caption: the frozen model's own prediction from the whole
     # caption, words kept, at the same noisy latents (the adapter learns to say what the dropped words said)
     target: str = "data"
+    # the fraction of clips that keep their whole caption (the dropped words included) and get no motion token;
+    # with the transformer trained alongside, it learns to act on the reference without forgetting the words
+    keep_words: float = 0.0
+    # new: a fresh adapter (its projection at zero); pretrained: the one saved beside model.pretrained
+    # (motion_adapter.safetensors), trained on from there
+    start: str = "new"
 
 
 @dataclass
@@ -393,6 +399,15 @@ def _check(c: TrainConfig) -> None:
         if d.caption_dropout:
             fail("data.caption_dropout", f"must be 0 with motion_adapter.target: caption (a dropped caption leaves "
                  f"the teacher nothing the reference could say), got {d.caption_dropout}")
+    if not 0 <= ma.keep_words < 1:
+        fail("motion_adapter.keep_words", f"must be in [0, 1), got {ma.keep_words}")
+    if ma.keep_words and "motion_adapter" in m.train:
+        if "transformer" not in m.train:
+            fail("motion_adapter.keep_words", f"trains the transformer on whole captions: model.train must list "
+                 f"transformer too, got {m.train}")
+        if not ma.drop_words:
+            fail("motion_adapter.drop_words", "is empty: keep_words then keeps what every caption has anyway")
+    choice("motion_adapter.start", ma.start, ("new", "pretrained"))
     if "motion_adapter" in m.train:
         if c.validation.every or c.validation.prompts:
             fail("validation", "samples prompts without a motion reference, which the motion adapter needs: leave "

@@ -17,6 +17,7 @@ import vmoba
 from ..motion import MotionEnergy, MotionEnergyAdapter, load_flow_model
 from ..pipelines.default import (_VAE, WEIGHTS_DIR, build_default_pipeline,
                                  load_default_pipeline)
+from ..pipelines.loading import load_motion_adapter
 from ..pipelines.loading import load_pipeline as load_pipeline_folder
 from ..processors.families import model_family
 from .config import ConfigError, TrainConfig, vmoba_config
@@ -73,8 +74,8 @@ def load_pipeline(config: TrainConfig):
                               f"folder") from None
         except ValueError as exc:
             raise ConfigError(f"{config.source}: model.pretrained: {exc}") from exc
-        if m.from_scratch:
-            for name in m.train:
+        if m.from_scratch:  # the pipeline's own components; a motion adapter is not one of them
+            for name in (n for n in m.train if n != "motion_adapter"):
                 pipe.register_modules(**{name: _reinitialise(getattr(pipe, name), seed)})
     if m.vae:
         try:
@@ -134,8 +135,22 @@ def prepare_transformer(config: TrainConfig, pipe):
 def build_motion_adapter(config: TrainConfig, transformer) -> MotionEnergyAdapter:
     """The adapter ``model.train: [motion_adapter]`` trains, attached to ``transformer``: seeded weights (its
     projection starts at zero, so the model begins exactly as pretrained) and frozen energy filters, the
-    default bank or the shipped flow model's (``motion_adapter.energy``)."""
+    default bank or the shipped flow model's (``motion_adapter.energy``); with ``motion_adapter.start:
+    pretrained`` the adapter saved beside ``model.pretrained``, whose settings must be the config's."""
     ma = config.motion_adapter
+    if ma.start == "pretrained":
+        pretrained = config.model.pretrained
+        try:
+            adapter = load_motion_adapter(None if pretrained == "default" else pretrained)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{config.source}: motion_adapter.start: pretrained: {exc}") from exc
+        saved = {"pooling": adapter.pooling, "inject": adapter.inject, "normalize": adapter.normalize,
+                 "hidden": adapter.hidden}
+        for name, value in saved.items():
+            if getattr(ma, name) != value:
+                raise ConfigError(f"{config.source}: motion_adapter.{name} is {getattr(ma, name)!r} but the "
+                                  f"pretrained adapter (motion_adapter.start: pretrained) has {value!r}")
+        return adapter.attach(transformer)
     energy = MotionEnergy() if ma.energy == "default" else copy.deepcopy(load_flow_model().energy)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)

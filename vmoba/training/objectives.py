@@ -91,16 +91,26 @@ class FlowMatchingLoss(nn.Module):
     adapter, from each clip's whole caption (``batch["teacher_embeds"]`` or ``batch["teacher_caption"]``) at the
     same noisy latents: the adapter, reading the caption with its motion words dropped, learns to put back what
     those words did. A deterministic target, where the flow-matching target is one noise draw's.
+
+    ``keep_words``: the fraction of clips (drawn per clip) that train on their whole caption
+    (``batch["teacher_embeds"]`` or ``batch["teacher_caption"]``) without the motion token; the others read
+    the caption with the words dropped and the reference's token. With a motion adapter, clips whose caption
+    is dropped (``caption_dropout``) get no token either: the unconditional branch of classifier-free guidance
+    has none (`MotionEnergyAdapter.conditioning`).
     """
 
     def __init__(self, transformer, text_encoder, vae, tokenizer, *, train_text_encoder: bool, max_sequence_length: int,
                  caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None, motion_adapter=None,
-                 distill: bool = False):
+                 distill: bool = False, keep_words: float = 0.0):
         super().__init__()
         if distill and (motion_adapter is None or train_text_encoder or caption_dropout):
             raise ValueError("distill trains a motion adapter against the frozen model: it needs motion_adapter, a "
                              "frozen text encoder and no caption dropout")
+        if keep_words and (motion_adapter is None or distill or not 0 < keep_words < 1):
+            raise ValueError(f"keep_words mixes whole captions with motion references: it needs motion_adapter, "
+                             f"no distill and a fraction in (0, 1), got {keep_words}")
         self.distill = distill
+        self.keep_words = keep_words
         self.transformer = transformer
         self.motion_adapter = motion_adapter
         if train_text_encoder:
@@ -136,20 +146,29 @@ class FlowMatchingLoss(nn.Module):
         with torch.no_grad():
             return encode_tokens(self.frozen["text_encoder"], ids.to(device), mask.to(device))
 
-    def text(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    def text(self, batch: dict, generator: torch.Generator, whole: list[bool]) -> tuple[torch.Tensor, list[bool]]:
+        """The captions' embeddings, each replaced by the empty caption's with probability ``caption_dropout``,
+        and which ones were. ``whole``: per clip, the whole caption (``teacher_*``) instead of ``caption``."""
         captions = list(batch["caption"])
         drop = (torch.rand(len(captions), generator=generator) < self.caption_dropout).tolist()
         if "prompt_embeds" in batch:
             embeds = batch["prompt_embeds"]
+            if any(whole):
+                embeds = torch.stack([t if w else e for e, t, w in zip(embeds, batch["teacher_embeds"], whole)])
             if any(drop):
                 empty = self.empty_embeds.to(embeds.device, embeds.dtype)
                 embeds = torch.stack([empty if d else e for e, d in zip(embeds, drop)])
-            return embeds
-        return self.encode(["" if d else c for c, d in zip(captions, drop)])
+            return embeds, drop
+        if any(whole):
+            captions = [t if w else c for c, t, w in zip(captions, batch["teacher_caption"], whole)]
+        return self.encode(["" if d else c for c, d in zip(captions, drop)]), drop
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x0 = self.latents(batch, generator)
-        context = self.text(batch, generator)
+        whole = [False] * x0.shape[0]
+        if self.keep_words:
+            whole = (torch.rand(x0.shape[0], generator=generator) < self.keep_words).tolist()
+        context, dropped = self.text(batch, generator, whole)
         f = self.flow
         s = sample_sigmas(x0.shape[0], generator, shift=f.shift, sampling=f.timestep_sampling,
                           logit_mean=f.logit_mean, logit_std=f.logit_std).to(x0.device)
@@ -160,7 +179,11 @@ class FlowMatchingLoss(nn.Module):
             else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
                 self.motion_adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
         if not self.distill:
-            return velocity_error(self.transformer, x0, context, s, noise)
+            untoken = [w or d for w, d in zip(whole, dropped)]  # the samples without a motion token
+            if self.motion_adapter is None or not any(untoken):
+                return velocity_error(self.transformer, x0, context, s, noise)
+            with self.motion_adapter.bypassed(torch.tensor(untoken)):
+                return velocity_error(self.transformer, x0, context, s, noise)
         noisy = noised(x0, s, noise)
         teacher_context = batch["teacher_embeds"] if "teacher_embeds" in batch else self.encode(batch["teacher_caption"])
         with torch.no_grad(), self.motion_adapter.bypassed():

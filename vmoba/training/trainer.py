@@ -299,12 +299,14 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     pipe = load_pipeline(config)
     msl = max_sequence_length(config, pipe)
     adapter = None
-    # motion_adapter.target: caption -- the frozen model reading the whole caption is the adapter's teacher
+    # motion_adapter.target: caption -- the frozen model reading the whole caption is the adapter's teacher;
+    # motion_adapter.keep_words -- some clips train on the whole caption
     distill = "motion_adapter" in config.model.train and config.motion_adapter.target == "caption"
+    keep_words = config.motion_adapter.keep_words if "motion_adapter" in config.model.train else 0.0
     if "motion_adapter" in config.model.train:
         adapter = build_motion_adapter(config, pipe.transformer).to(device)
         clips = [dataclasses.replace(c, caption=drop_words(c.caption, config.motion_adapter.drop_words),
-                                     teacher_caption=c.caption if distill else None) for c in clips]
+                                     teacher_caption=c.caption if distill or keep_words else None) for c in clips]
     _warn_unknown_words(pipe.tokenizer, clips)
     processors = prepare_transformer(config, pipe)
     train_te = "text_encoder" in config.model.train
@@ -328,7 +330,7 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
                               empty_embeds=empty, motion_adapter=adapter,
-                              distill=distill)
+                              distill=distill, keep_words=keep_words)
     used = next(iter(processors.values())).config if processors else None
 
     def export(path: Path):
