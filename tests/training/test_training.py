@@ -502,20 +502,28 @@ def test_motion_adapter_trains_alone_and_exports_beside_the_pipeline(tmp_path, d
     assert out.shape == (9, 32, 32, 3) and np.isfinite(out).all()
 
 
-def test_caption_distillation_targets_the_frozen_model_reading_the_whole_caption():
+def _pipe_with_text_adapter(**loss_options):
+    """A seeded default pipeline with a text-token motion adapter attached (its projection drawn at random, so
+    that it acts) and the flow-matching loss over them (frozen text encoder, 16 tokens)."""
     from vmoba.motion import MotionEnergy, MotionEnergyAdapter
-    from vmoba.motion.synthetic import grating_clip
 
     pipe = build_default_pipeline(seed=2)
-    pipe.transformer.requires_grad_(False)
     adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
                                                   num_scales=2), hidden=8, pooling="global", inject="text")
     torch.manual_seed(0)
     torch.nn.init.normal_(adapter.proj.weight, std=0.3)
     adapter.attach(pipe.transformer)
     loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
-                               max_sequence_length=16, caption_dropout=0.0, flow=FlowSettings(shift=3.0),
-                               motion_adapter=adapter, distill=True)
+                               max_sequence_length=16, flow=FlowSettings(shift=3.0), motion_adapter=adapter,
+                               **loss_options)
+    return pipe, adapter, loss_fn
+
+
+def test_caption_distillation_targets_the_frozen_model_reading_the_whole_caption():
+    from vmoba.motion.synthetic import grating_clip
+
+    pipe, adapter, loss_fn = _pipe_with_text_adapter(caption_dropout=0.0, distill=True)
+    pipe.transformer.requires_grad_(False)
     references = torch.stack([torch.as_tensor(grating_clip((32, 32), 9, a, 1.0, frequency=0.15)[0]).float()
                               for a in (0.0, np.pi)])
     energy = adapter.reference_energy(references, (3, 1, 1))
@@ -553,18 +561,9 @@ def test_keep_words_trains_whole_captions_without_the_token_and_cut_ones_with_it
     """Every clip reaches the text embedder in one of three allowed forms: its whole caption without the motion
     token, its cut caption with its reference's token in the first padding row, or the empty caption (caption
     dropout) without a token; nothing else. Built apart with the pipeline's own encode_prompt."""
-    from vmoba.motion import MotionEnergy, MotionEnergyAdapter
     from vmoba.motion.synthetic import grating_clip
 
-    pipe = build_default_pipeline(seed=2)
-    adapter = MotionEnergyAdapter.for_transformer(pipe.transformer, energy=MotionEnergy(num_orientations=4,
-                                                  num_scales=2), hidden=8, pooling="global", inject="text")
-    torch.manual_seed(0)
-    torch.nn.init.normal_(adapter.proj.weight, std=0.3)
-    adapter.attach(pipe.transformer)
-    loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=False,
-                               max_sequence_length=16, caption_dropout=0.25, flow=FlowSettings(shift=3.0),
-                               motion_adapter=adapter, keep_words=0.5)
+    pipe, adapter, loss_fn = _pipe_with_text_adapter(caption_dropout=0.25, keep_words=0.5)
     n = 8
     angles = [0.0, np.pi / 2, np.pi, 3 * np.pi / 2] * 2
     references = torch.stack([torch.as_tensor(grating_clip((32, 32), 9, a, 1.0, frequency=0.15)[0]).float()
