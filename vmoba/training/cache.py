@@ -73,7 +73,7 @@ def _encode(indices, cache_dir, clips, vae, d, text, motion, batch_size, device,
         texts = {}
         if text is not None:
             texts["prompt_embeds"] = _trimmed_embeddings(text, [clips[i].caption for i in chunk], device)
-            if clips[chunk[0]].teacher_caption is not None:  # all clips have one (motion_adapter.target: caption)
+            if clips[chunk[0]].teacher_caption is not None:  # all clips have one (target: caption, keep_words) or none
                 texts["teacher_embeds"] = _trimmed_embeddings(text, [clips[i].teacher_caption for i in chunk], device)
         energy = None
         if motion is not None:

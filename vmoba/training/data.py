@@ -32,7 +32,8 @@ class DataError(ValueError):
 class Clip:
     path: Path
     caption: str
-    # the caption the frozen teacher reads (motion_adapter.target: caption): the words `caption` lost
+    # the whole caption, with the words `caption` lost: what the frozen teacher reads (motion_adapter.target:
+    # caption) or what keep_words clips train on
     teacher_caption: str | None = None
 
     def captions(self) -> dict[str, str]:

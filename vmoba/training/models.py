@@ -17,8 +17,7 @@ import vmoba
 from ..motion import MotionEnergy, MotionEnergyAdapter, load_flow_model
 from ..pipelines.default import (_VAE, WEIGHTS_DIR, build_default_pipeline,
                                  load_default_pipeline)
-from ..pipelines.loading import load_motion_adapter
-from ..pipelines.loading import load_pipeline as load_pipeline_folder
+from ..pipelines.loading import load_motion_adapter, load_pipeline as load_pipeline_folder
 from ..processors.families import model_family
 from .config import ConfigError, TrainConfig, vmoba_config
 

@@ -8,6 +8,8 @@ step is a pure function of its batch and seed.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
@@ -180,9 +182,10 @@ class FlowMatchingLoss(nn.Module):
                 self.motion_adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
         if not self.distill:
             untoken = [w or d for w, d in zip(whole, dropped)]  # the samples without a motion token
-            if self.motion_adapter is None or not any(untoken):
-                return velocity_error(self.transformer, x0, context, s, noise)
-            with self.motion_adapter.bypassed(torch.tensor(untoken)):
+            tokens = contextlib.nullcontext()
+            if self.motion_adapter is not None and any(untoken):
+                tokens = self.motion_adapter.bypassed(torch.tensor(untoken))
+            with tokens:
                 return velocity_error(self.transformer, x0, context, s, noise)
         noisy = noised(x0, s, noise)
         teacher_context = batch["teacher_embeds"] if "teacher_embeds" in batch else self.encode(batch["teacher_caption"])
