@@ -384,6 +384,54 @@ def test_exported_pipeline_loads_with_its_text_length_and_ema_weights(tmp_path, 
     assert frames.shape == (5, 32, 32, 3) and np.isfinite(frames).all()
 
 
+
+def test_a_checkpoint_exports_the_model_a_run_ending_there_would_write(tmp_path, data):
+    from safetensors.torch import load_file
+
+    from vmoba.cli import main as cli_main
+    from vmoba.training.trainer import export_checkpoint
+
+    train = {"model": {"train": ["transformer", "text_encoder"]}}
+    longer = _config(tmp_path, data, **train, training={"max_steps": 4, "checkpoint_every": 2, "ema_decay": 0.5})
+    run(longer)
+    (tmp_path / "run").rename(tmp_path / "longer")
+    longer = _config(tmp_path, data, **train, training={"output_dir": str(tmp_path / "longer"), "max_steps": 4,
+                                                         "checkpoint_every": 2, "ema_decay": 0.5})
+    ended = run(_config(tmp_path, data, **train, training={"max_steps": 2, "ema_decay": 0.5}))
+    exported = export_checkpoint(longer, tmp_path / "exported", tmp_path / "longer/checkpoints/step-0000002")
+    # the same steps (constant learning rate, batches a function of the step), so the same EMA weights, whether
+    # the run ended at step 2 or passed it with a checkpoint
+    for part in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(ended / part), load_file(exported / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    final = load_file(tmp_path / "longer/final/transformer/diffusion_pytorch_model.safetensors")
+    mine = load_file(exported / "transformer/diffusion_pytorch_model.safetensors")
+    assert not torch.equal(final["proj_out.weight"], mine["proj_out.weight"])  # step 4's are other weights
+    report = json.loads((exported / "training.json").read_text())
+    assert report["steps"] == 2 and report["checkpoint"].endswith("step-0000002")
+    assert report["vmoba_config"] == DEFAULT_VMOBA_CONFIG.to_dict()
+    assert load_default_pipeline(exported).vmoba_trained
+
+    # the command: latest checkpoint by default; never over an existing folder; only checkpoints of this model
+    (tmp_path / "train.yaml").write_text(json.dumps(longer.to_dict()))
+    assert cli_main(["train", "--config", str(tmp_path / "train.yaml"), "--export", str(tmp_path / "latest")]) == 0
+    assert json.loads((tmp_path / "latest/training.json").read_text())["steps"] == 2  # step 4 is final/, not a checkpoint
+    before = _digest(tmp_path / "latest")
+    assert cli_main(["train", "--config", str(tmp_path / "train.yaml"), "--export", str(tmp_path / "latest")]) == 2
+    assert _digest(tmp_path / "latest") == before
+    with pytest.raises(ConfigError, match="cannot export exactly .*: model changed"):
+        export_checkpoint(_config(tmp_path, data, training={"output_dir": str(tmp_path / "longer")}),
+                          tmp_path / "other")
+    with pytest.raises(ConfigError, match="has no checkpoint to export"):
+        export_checkpoint(_config(tmp_path, data, **train, training={"output_dir": str(tmp_path / "none")}),
+                          tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "empty/step-0000001").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="step-0000001 holds no readable training state"):
+        export_checkpoint(longer, tmp_path / "other", tmp_path / "empty/step-0000001")
+    # --checkpoint only chooses what --export writes
+    assert cli_main(["train", "--config", str(tmp_path / "train.yaml"), "--checkpoint", "step-0000002"]) == 2
+
 def test_lora_fine_tuning_writes_weights_that_load_lora_weights_takes(tmp_path, data):
     pytest.importorskip("peft")
     base = tmp_path / "base"

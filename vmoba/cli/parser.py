@@ -110,6 +110,11 @@ def _add_train(sub) -> None:
         "For several processes or GPUs run: accelerate launch -m vmoba.train video --config FILE.",
     )
     video.add_argument("--config", required=True, help="training configuration (YAML)")
+    video.add_argument("--export", metavar="FOLDER",
+                       help="do not train: write the model of a checkpoint of the config's run (its EMA weights "
+                       "when it keeps one) to FOLDER, a new folder, as the run's end writes final/")
+    video.add_argument("--checkpoint", default="latest",
+                       help="with --export: 'latest' (default) or a step-N checkpoint folder")
     video.set_defaults(run="train:run_train_video")
 
     # Defaults of the two programs below are those of the settings classes (EventTrainingSettings,

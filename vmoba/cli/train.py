@@ -15,6 +15,7 @@ from pathlib import Path
 from ..motion.train_flow import FlowTrainingSettings, train_flow_model
 from ..pipelines.event_training import EventTrainingSettings, train_event_pipeline
 from ..training import ConfigError, DataError, load_config
+from ..training.trainer import export_checkpoint
 from ..training.trainer import run as run_training
 from .arguments import CliError, output_file
 from .runtime import set_threads
@@ -38,7 +39,13 @@ def run_train_video(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         set_threads(config.training.threads)  # process-wide, so the command's to make, not the library's
-        run_training(config)
+        if args.export is not None:
+            export_checkpoint(config, args.export, args.checkpoint)
+        else:
+            if args.checkpoint != "latest":
+                raise CliError("--checkpoint chooses what --export writes; to resume from a checkpoint set "
+                               "training.resume_from in the config")
+            run_training(config)
     except (ConfigError, DataError, FileExistsError) as exc:
         raise CliError(str(exc)) from None
     return 0

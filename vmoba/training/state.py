@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -27,14 +28,23 @@ class TrainingState:
     def __init__(self, identity: dict):
         self.step = 0
         self.identity = dict(identity)
-        self.loaded_identity: dict | None = None
 
     def state_dict(self) -> dict:
         return {"step": self.step, "identity": self.identity}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.loaded_identity = dict(state["identity"])
+        self.step = int(state["step"])  # the identity was compared before loading (saved_identity)
+
+
+def saved_identity(checkpoint: Path) -> dict:
+    """The `TrainingState` identity stored in ``checkpoint``, read without loading anything else, so a
+    checkpoint of other settings is refused by name before its weights meet a model they do not fit.
+    accelerate names registered objects by registration order; the trainer registers the state first."""
+    path = Path(checkpoint) / "custom_checkpoint_0.pkl"
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=False)["identity"])
+    except (OSError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"{checkpoint} holds no readable training state ({path.name}: {exc})") from None
 
 
 class EMA:

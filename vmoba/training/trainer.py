@@ -45,7 +45,7 @@ from .models import (build_motion_adapter, export_pipeline, load_pipeline, load_
                      measure_latent_statistics, prepare_transformer, save_pretrained)
 from .objectives import AutoencoderLoss, FlowMatchingLoss
 from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
-                    save_checkpoint)
+                    save_checkpoint, saved_identity)
 
 logger = logging.getLogger("vmoba")
 
@@ -134,28 +134,11 @@ def run(config: TrainConfig) -> Path | None:
     resume = _resume_target(config, out)
     clips = read_clips(config.data.root, config.data.captions, exclude=(t.output_dir, config.data.cache_dir))
 
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    task = _build_task(config, accelerator, clips, weight_dtype)
-    module, dataset = task["module"], task["dataset"]
-    module.train()
-    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"{config.source}: nothing to train (model.train lists no component with parameters)")
-    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                  eps=t.adam_epsilon, weight_decay=t.weight_decay)
-    ema = EMA(trainable, t.ema_decay) if t.ema_decay else None
-    model, optimizer = accelerator.prepare(module, optimizer)
-    state = TrainingState(_identity(config, accelerator.num_processes, len(dataset)))
-    accelerator.register_for_checkpointing(state)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    setup = _prepare(config, accelerator, clips, precision)
+    task, dataset, trainable, ema = setup["task"], setup["dataset"], setup["trainable"], setup["ema"]
+    model, optimizer, state = setup["model"], setup["optimizer"], setup["state"]
     if resume is not None:
-        accelerator.load_state(str(resume))
-        differs = sorted(k for k in state.identity if state.loaded_identity.get(k) != state.identity[k])
-        if differs:
-            raise ConfigError(f"{config.source}: cannot resume exactly from {resume}: {', '.join(differs)} changed since "
-                              f"that run ({ {k: state.loaded_identity.get(k) for k in differs} } -> "
-                              f"{ {k: state.identity[k] for k in differs} }); use the same settings or a new output_dir")
+        _load_checkpoint(config, accelerator, state, resume, "resume")
         if main:
             print(f"resumed from {resume} at step {state.step}", flush=True)
 
@@ -246,14 +229,9 @@ def run(config: TrainConfig) -> Path | None:
     if config.validation.prompts or config.task == "autoencoder":
         _validate(config, task, accelerator, None, trainable, out / "samples" / "final")
     if main:
-        # the attention config the processors used, so sampling and later fine-tunes need not re-derive it
-        used = {"vmoba_config": task["vmoba_config"].to_dict()} if task.get("vmoba_config") is not None else {}
-        with atomic_directory(final) as partial:
-            task["export"](partial)
-            (partial / "training.json").write_text(json.dumps(
-                {"config": config.record(), "steps": state.step, "processes": accelerator.num_processes,
-                 "weights_sha256_per_process": digests,
-                 "minutes_this_run": round((time.time() - start_time) / 60, 2), **used}, indent=1))
+        _write_model(config, task, final, {"steps": state.step, "processes": accelerator.num_processes,
+                                           "weights_sha256_per_process": digests,
+                                           "minutes_this_run": round((time.time() - start_time) / 60, 2)})
         print(f"saved {final} after {state.step} steps", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -270,6 +248,86 @@ def _check_replicas(accelerator, trainable) -> list[str]:
     if len(set(digests)) != 1:
         raise RuntimeError(f"the processes ended with different weights: {digests}")
     return digests
+
+
+def _prepare(config: TrainConfig, accelerator, clips, precision: str) -> dict:
+    """The task's model and data, the optimizer, the EMA and the step counter, prepared by accelerate and
+    registered for checkpointing in the order every checkpoint of a run holds them."""
+    t = config.training
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    task = _build_task(config, accelerator, clips, weight_dtype)
+    module, dataset = task["module"], task["dataset"]
+    module.train()
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"{config.source}: nothing to train (model.train lists no component with parameters)")
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    ema = EMA(trainable, t.ema_decay) if t.ema_decay else None
+    model, optimizer = accelerator.prepare(module, optimizer)
+    state = TrainingState(_identity(config, accelerator.num_processes, len(dataset)))
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return {"task": task, "dataset": dataset, "trainable": trainable, "ema": ema, "model": model,
+            "optimizer": optimizer, "state": state}
+
+
+def _load_checkpoint(config: TrainConfig, accelerator, state: TrainingState, checkpoint: Path, purpose: str) -> None:
+    """Load ``checkpoint`` into the prepared objects; refuses one written under other settings: for resuming,
+    any that changes what the next steps compute; for exporting, the task and the model."""
+    try:
+        saved = saved_identity(checkpoint)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: cannot {purpose} from {checkpoint}: {exc}") from None
+    keys = state.identity if purpose == "resume" else ("task", "model")
+    differs = sorted(k for k in keys if saved.get(k) != state.identity[k])
+    if differs:
+        raise ConfigError(f"{config.source}: cannot {purpose} exactly from {checkpoint}: {', '.join(differs)} changed "
+                          f"since that run ({ {k: saved.get(k) for k in differs} } -> "
+                          f"{ {k: state.identity[k] for k in differs} }); use the same settings"
+                          + (" or a new output_dir" if purpose == "resume" else ""))
+    accelerator.load_state(str(checkpoint))
+
+
+def _write_model(config: TrainConfig, task: dict, folder: Path, report: dict) -> None:
+    """The trained model (pipeline, LoRA or VAE folder) and its training.json, written whole or not at all."""
+    # the attention config the processors used, so sampling and later fine-tunes need not re-derive it
+    used = {"vmoba_config": task["vmoba_config"].to_dict()} if task.get("vmoba_config") is not None else {}
+    with atomic_directory(folder) as partial:
+        task["export"](partial)
+        (partial / "training.json").write_text(json.dumps({"config": config.record(), **report, **used}, indent=1))
+
+
+def export_checkpoint(config: TrainConfig, out: str | Path, checkpoint: str | Path = "latest") -> Path:
+    """Write the model of a run's checkpoint to ``out`` as the run's end would (its EMA weights when it keeps
+    an EMA), without training: to sample from, measure, or start another stage from a run that stopped at
+    ``training.max_minutes`` or is still going. ``checkpoint``: ``"latest"`` (the newest complete one in
+    ``training.output_dir``) or a ``step-N`` folder. ``out`` must not exist. Returns ``out``."""
+    out = Path(out)
+    run_dir = Path(config.training.output_dir)
+    if checkpoint == "latest":
+        found = list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise ConfigError(f"{config.source}: training.output_dir {run_dir} has no checkpoint to export")
+        checkpoint = found[-1][1]
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir() or not re.match(r"^step-(\d+)$", checkpoint.name):
+        raise ConfigError(f"checkpoint {checkpoint} is not a checkpoint folder (step-N)")
+    if out.exists():
+        raise FileExistsError(f"export folder {out} exists; give a new folder")
+    accelerator = Accelerator(mixed_precision="no")
+    clips = read_clips(config.data.root, config.data.captions, exclude=(config.training.output_dir,
+                                                                          config.data.cache_dir))
+    setup = _prepare(config, accelerator, clips, "no")
+    _load_checkpoint(config, accelerator, setup["state"], checkpoint, "export")
+    if setup["ema"] is not None:
+        setup["ema"].copy_to(setup["trainable"])
+    if accelerator.is_main_process:
+        _write_model(config, setup["task"], out, {"steps": setup["state"].step, "checkpoint": str(checkpoint)})
+        print(f"saved {out} from {checkpoint} (step {setup['state'].step})", flush=True)
+    accelerator.wait_for_everyone()
+    return out
 
 
 def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
