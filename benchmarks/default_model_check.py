@@ -35,14 +35,16 @@ from vmoba.cli.arguments import finite, positive_int  # noqa: E402
 MAX_AREA_CHANGE = 0.2  # largest frame-to-frame change of the shape's area that still counts as keeping its size
 
 
-def ground_truth_clip(item: dict, seed: int, frames: int, size: int) -> np.ndarray:
-    """A rendered clip with exactly the prompt's color, shape and direction, passed through H.264."""
+def ground_truth_clip(item: dict, seed: int, frames: int, size: int, radius=None) -> np.ndarray:
+    """A rendered clip with exactly the prompt's color, shape and direction, passed through H.264; ``radius``:
+    the dataset's shape-size range (`vmoba.training.shapes.RADIUS` when None)."""
     import tempfile
 
-    from vmoba.training.shapes import prompted_spec, render_clip
+    from vmoba.training.shapes import RADIUS, prompted_spec, render_clip
     from vmoba.video import read_video, write_video
 
-    spec = prompted_spec(item["color"], item["shape"], item["direction"], seed=seed, frames=frames, size=size)
+    spec = prompted_spec(item["color"], item["shape"], item["direction"], seed=seed, frames=frames, size=size,
+                         radius=radius or RADIUS)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_video(Path(tmp) / "clip.mp4", render_clip(spec, frames=frames, size=size))
         return read_video(path)
@@ -85,6 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
     parser.add_argument("--autoencoder", action="store_true",
                         help="measure the detector on rendered clips reconstructed by the model's VAE")
+    parser.add_argument("--radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="with --ground-truth or --autoencoder: render shapes of this size range, as 'vmoba data "
+                        "shapes --radius' does (default: its default)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (a quick look)")
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--save-videos", help="also write every clip as MP4 into this folder")
@@ -106,6 +111,9 @@ def main(argv=None) -> int:
     pipe = vae = None
     if args.ground_truth and args.autoencoder:
         parser.error("--ground-truth and --autoencoder are two different measurements: give one")
+    if args.radius and not (args.ground_truth or args.autoencoder):
+        parser.error("--radius sizes the rendered clips of --ground-truth and --autoencoder; generated clips have "
+                     "the size the model draws")
     if args.autoencoder:
         vae = load_default_pipeline(args.model).vae
     elif not args.ground_truth:
@@ -120,7 +128,7 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):
             start = time.perf_counter()
             if pipe is None:
-                video = ground_truth_clip(item, seed, frames, size)
+                video = ground_truth_clip(item, seed, frames, size, args.radius)
                 if vae is not None:
                     video = reconstruct(vae, video)
             else:
@@ -169,7 +177,7 @@ def main(argv=None) -> int:
           f"match the prompt) {summary['color_direction_accuracy']:.1%}, the measure of earlier results; "
           f"{summary['seconds_per_clip']} s per clip")
     settings = {"model": args.model or "embedded default", "accuracy": "color, shape and direction all right",
-                "seeds": args.seeds, "steps": args.steps,
+                "seeds": args.seeds, "steps": args.steps, "radius": args.radius,
                 "guidance_scale": args.guidance_scale, "attention": args.attention, "size": size, "frames": frames,
                 "command": "python benchmarks/default_model_check.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = write_json(args.name or f"default_model_check_{mode}.json",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vmoba.pipelines.default import VOCABULARY
-from vmoba.training.shapes import (BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, clip_spec, detect_clip, prompt_grid,
-                                   write_shapes_dataset)
+from vmoba.training.shapes import (BACKGROUNDS, COLORS, DIRECTIONS, RADIUS, SHAPES, clip_spec, detect_clip,
+                                   prompt_grid, write_shapes_dataset)
 from vmoba.video import read_video, write_video
 
 
@@ -44,7 +44,14 @@ def test_cli_writes_h264_clips_with_plain_captions_and_refuses_non_empty_folders
     assert sorted(p.name for p in (tmp_path / "shapes/videos").iterdir()) == [f"{i:06d}.mp4" for i in range(3)]
     assert mine.read_text() == "keep me"  # --force replaces the dataset's own files only
 
-    for bad, message in ((["--frames", "6"], "4k\\+1"), (["--size", "40"], "multiple of 16")):
+    large = _cli("data", "shapes", "--out", "large", "--count", "4", "--frames", "5", "--size", "32", "--radius",
+                 "0.2", "0.25", cwd=tmp_path)
+    assert large.returncode == 0, large.stderr
+    radii = [json.loads(line)["radius"] for line in (tmp_path / "large/captions.jsonl").read_text().splitlines()]
+    assert len(radii) == 4 and all(0.2 * 32 <= r <= 0.25 * 32 for r in radii)
+
+    for bad, message in ((["--frames", "6"], "4k\\+1"), (["--size", "40"], "multiple of 16"),
+                         (["--radius", "0.3", "0.1"], "0 < low <= high")):
         res = _cli("data", "shapes", "--out", "other", *bad, cwd=tmp_path)
         assert res.returncode == 2 and __import__("re").search(message, res.stderr), res.stderr
 
@@ -60,6 +67,21 @@ def test_specs_are_balanced_seeded_and_stay_inside_the_frame():
         for f in (0, 16):
             x, y = s.start[0] + dx * s.speed * f, s.start[1] + dy * s.speed * f
             assert 1.2 * s.radius < x < 64 - 1.2 * s.radius and 1.2 * s.radius < y < 64 - 1.2 * s.radius
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_larger_shapes_keep_their_size_range_and_their_whole_path_inside_the_frame(size):
+    for radius in ((0.17, 0.23), (0.3, 0.3)):
+        for i in range(150):
+            s = clip_spec(i, frames=17, size=size, seed=2, radius=radius)
+            assert radius[0] * size <= s.radius <= radius[1] * size
+            dx, dy = DIRECTIONS[s.direction]
+            assert s.speed > 0
+            for f in (0, 16):
+                x, y = s.start[0] + dx * s.speed * f, s.start[1] + dy * s.speed * f
+                assert 1.2 * s.radius < x < size - 1.2 * s.radius and 1.2 * s.radius < y < size - 1.2 * s.radius
+    # the default range is what a dataset without the option gets
+    assert [clip_spec(i, seed=3) for i in range(40)] == [clip_spec(i, seed=3, radius=RADIUS) for i in range(40)]
 
 
 def test_detector_reads_ground_truth_clips_through_h264(tmp_path):
@@ -164,7 +186,10 @@ def test_arguments_are_checked_before_anything_is_written(tmp_path):
                                  ({"count": 2.5}, TypeError, "count must be an integer"),
                                  ({"fps": 0}, ValueError, "fps must be >= 1"),
                                  ({"force": "yes"}, TypeError, "force must be True or False"),
-                                 ({"frames": 6}, ValueError, "4k\\+1")):
+                                 ({"frames": 6}, ValueError, "4k\\+1"),
+                                 ({"radius": (0.2, 0.1)}, ValueError, "0 < low <= high <= 0.3"),
+                                 ({"radius": (0.1, 0.35)}, ValueError, "0 < low <= high <= 0.3"),
+                                 ({"radius": 0.2}, ValueError, "radius must be two fractions")):
         with pytest.raises(error, match=words):
             write_shapes_dataset(tmp_path / "d", **{"count": 1, "frames": 5, "size": 32, **kwargs})
         assert not (tmp_path / "d").exists()

@@ -213,6 +213,9 @@ def _add_data(sub) -> None:
                         help="frame side in pixels, a multiple of 16 (default 64)")
     shapes.add_argument("--seed", type=natural_int, default=0)
     shapes.add_argument("--fps", type=positive_int, default=8)
+    shapes.add_argument("--radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of the shapes' half-extent as fractions of the frame side, at most 0.3 "
+                        "(default 0.11 0.16: 14-20 pixels wide at 64)")
     shapes.add_argument("--force", action="store_true",
                         help="write into a non-empty folder: replaces only files an earlier 'vmoba data shapes' wrote "
                              "there and that are unchanged (recorded in .vmoba-shapes-manifest.jsonl); anything "

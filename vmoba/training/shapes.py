@@ -28,6 +28,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BACKGROUNDS = ("dark", "light")
 VERBS = ("moves", "moves", "moves", "goes", "slides")
 SUPERSAMPLE = 4  # sub-pixels per pixel side: smooth edges, which H.264 keeps better than hard ones
+RADIUS = (0.11, 0.16)  # the shape's half-extent, drawn uniformly, as a fraction of the frame's side
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,26 @@ def _combinations() -> list[tuple[str, str, str, str]]:
     return [(c, s, d, b) for c in COLORS for s in SHAPES for d in DIRECTIONS for b in BACKGROUNDS]
 
 
-def clip_spec(index: int, *, frames: int = 17, size: int = 64, seed: int = 0) -> ClipSpec:
+def check_radius(radius) -> tuple[float, float]:
+    """``(low, high)`` fractions of the frame's side with ``0 < low <= high <= 0.3``: at most 0.3, so a
+    triangle (1.2 radius above its centre) still has room to move within the frame."""
+    try:
+        low, high = (float(v) for v in radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be two fractions of the frame's side (low, high), got {radius!r}") from None
+    if not (0 < low <= high <= 0.3) or not all(map(math.isfinite, (low, high))):
+        raise ValueError(f"radius must satisfy 0 < low <= high <= 0.3 (fractions of the frame's side), got "
+                         f"({low}, {high})")
+    return low, high
+
+
+def clip_spec(index: int, *, frames: int = 17, size: int = 64, seed: int = 0,
+              radius: tuple[float, float] = RADIUS) -> ClipSpec:
     """The ``index``-th clip of a dataset: a function of (seed, index) only. Consecutive indices run through
-    every (color, shape, direction, background) combination in a seeded order, so any prefix is balanced."""
+    every (color, shape, direction, background) combination in a seeded order, so any prefix is balanced.
+    ``radius``: the range of the shape's half-extent, as fractions of ``size``; a path longer than the
+    frame leaves room for is shortened (never with the default range)."""
+    low, high = check_radius(radius)
     combos = _combinations()
     cycle, slot = divmod(index, len(combos))
     order = np.random.default_rng([seed, cycle, 7]).permutation(len(combos))
@@ -60,11 +78,13 @@ def clip_spec(index: int, *, frames: int = 17, size: int = 64, seed: int = 0) ->
     rng = np.random.default_rng([seed, index])
     rgb = tuple(int(np.clip(v + rng.integers(-12, 13), 0, 255)) for v in COLORS[color])
     level = int(rng.integers(12, 45)) if background == "dark" else int(rng.integers(200, 236))
-    radius = size * rng.uniform(0.11, 0.16)
-    travel = size * rng.uniform(0.35, 0.55)
+    radius = size * rng.uniform(low, high)
+    margin = 1.2 * radius + 1.0  # the triangle reaches 1.2 radius above its centre
+    travel, span = size * rng.uniform(0.35, 0.55), size - 2 * margin
+    if travel > span:  # only large shapes: the default range always fits (0.55 size <= span for size >= 32)
+        travel = 0.85 * span  # leaves the start some room
     speed = travel / max(frames - 1, 1)
     dx, dy = DIRECTIONS[direction]
-    margin = 1.2 * radius + 1.0  # the triangle reaches 1.2 radius above its centre
     # the whole path stays inside the frame: start so that start + travel still leaves a margin
     lo_x = margin + (travel if dx < 0 else 0.0)
     hi_x = size - margin - (travel if dx > 0 else 0.0)
@@ -93,11 +113,11 @@ def _coverage(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, r:
 
 
 def prompted_spec(color: str, shape: str, direction: str, *, seed: int = 0, frames: int = 17,
-                  size: int = 64) -> ClipSpec:
+                  size: int = 64, radius: tuple[float, float] = RADIUS) -> ClipSpec:
     """Clip ``seed`` of a dataset (its size, speed, background) showing exactly ``color`` (the palette's RGB),
     ``shape`` and ``direction``, started so that its whole path stays in the frame: centred along the motion,
     at the clip's own position (kept a radius from the border) across it. What the checks render."""
-    spec = clip_spec(seed, frames=frames, size=size, seed=seed)
+    spec = clip_spec(seed, frames=frames, size=size, seed=seed, radius=radius)
     r, travel = spec.radius + 1, spec.speed * (frames - 1)
     dx, dy = DIRECTIONS[direction]
     x = size / 2 - dx * travel / 2 if dx else float(np.clip(spec.start[0], r, size - r))
@@ -127,8 +147,10 @@ MANIFEST = ".vmoba-shapes-manifest.jsonl"
 
 
 def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17, size: int = 64, seed: int = 0,
-                         fps: int = 8, force: bool = False, progress: bool = False) -> Path:
+                         fps: int = 8, radius: tuple[float, float] = RADIUS, force: bool = False,
+                         progress: bool = False) -> Path:
     """Write ``count`` clips as H.264 MP4 (``videos/NNNNNN.mp4``) and ``captions.jsonl`` into ``out``.
+    ``radius``: the shapes' half-extent range as fractions of ``size`` (`clip_spec`).
 
     Refuses a non-empty ``out`` unless ``force``. Every file written is recorded, with its SHA-256, in the
     manifest ``out/.vmoba-shapes-manifest.jsonl``; with ``force`` only files that a previous run recorded there
@@ -142,6 +164,7 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
     size = checks.integer("size", size, min=1)
     seed = checks.integer("seed", seed, min=0)
     fps = checks.integer("fps", fps, min=1)
+    radius = check_radius(radius)
     force = checks.boolean("force", force)
     progress = checks.boolean("progress", progress)
     if (frames - 1) % 4:
@@ -166,7 +189,7 @@ def write_shapes_dataset(out: str | Path, *, count: int = 1000, frames: int = 17
     if progress:
         indices = tqdm(indices, desc="clips", unit="clip")
     for i in indices:
-        spec = clip_spec(i, frames=frames, size=size, seed=seed)
+        spec = clip_spec(i, frames=frames, size=size, seed=seed, radius=radius)
         name = names[i]
         with checks.atomic_output(out / name) as partial:
             write_video(partial, render_clip(spec, frames=frames, size=size), fps=fps, overwrite=True)
