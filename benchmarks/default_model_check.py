@@ -4,6 +4,7 @@
     python benchmarks/default_model_check.py --model runs/default/final --seeds 1
     python benchmarks/default_model_check.py --ground-truth        # the detector on rendered clips instead
     python benchmarks/default_model_check.py --autoencoder         # rendered clips through the model's VAE
+    python benchmarks/default_model_check.py --from-noise 0.7      # rendered clips noised, then denoised
 
 Prompts: every color x shape x direction ("a red circle moves right"). Each clip is read by
 `vmoba.training.detector.detect_clip` (colour and area of the shape in every frame, its shape from the angular
@@ -13,7 +14,11 @@ stable (every frame shows the shape in the prompt's colour class) and size stabl
 frame and its area changes by at most 20% from one frame to the next). ``--ground-truth`` renders the clips
 with the dataset generator and writes them through H.264, so the detector's own accuracy is measured on the
 same path. ``--autoencoder`` sends those rendered clips through the model's VAE (encode, decode): the
-accuracy the transformer could reach at best with this VAE. Results written before the detector read shapes
+accuracy the transformer could reach at best with this VAE. ``--from-noise SIGMA`` encodes those rendered
+clips, mixes in seeded noise to noise level SIGMA (``(1 - SIGMA) x + SIGMA noise``, the flow-matching
+path) and lets the model denoise from there with the prompt, over the scheduler's steps below SIGMA: what
+the model keeps or draws once the layout is given, which tells where in the schedule a property is lost
+(SIGMA 1 is plain generation from pure noise). Results written before the detector read shapes
 counted color and direction only: ``color_direction_accuracy`` is that measure.
 """
 
@@ -70,6 +75,35 @@ def judge(found, item: dict) -> dict:
 
 
 @torch.no_grad()
+def denoise_from(pipe, video: np.ndarray, prompt: str, sigma: float, steps: int, guidance_scale: float,
+                 seed: int) -> np.ndarray:
+    """``video`` encoded, noised to ``sigma`` and denoised by ``pipe`` with ``prompt`` (classifier-free guidance
+    as the pipeline applies it) over the scheduler's steps whose noise level is at most ``sigma``."""
+    vae, transformer, scheduler = pipe.vae, pipe.transformer, pipe.scheduler
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape)
+    std = torch.tensor(vae.config.latents_std).view(shape)
+    x = torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    clean = (vae.encode(x.to(vae.dtype)).latent_dist.mean.float() - mean) / std
+    scheduler.set_timesteps(steps)
+    first = int((scheduler.sigmas[:-1] <= sigma + 1e-6).nonzero()[0]) if sigma < 1 else 0
+    scheduler.set_begin_index(first)
+    level = float(scheduler.sigmas[first])
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    latents = (1 - level) * clean + level * noise
+    cond, uncond = pipe.encode_prompt(prompt, "", do_classifier_free_guidance=True, device=clean.device,
+                                      max_sequence_length=pipe.config.max_sequence_length)  # the model's own
+    for t in scheduler.timesteps[first:]:
+        timestep = t.expand(1)
+        v = transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=cond, return_dict=False)[0]
+        v_uncond = transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=uncond,
+                               return_dict=False)[0]
+        latents = scheduler.step(v_uncond + guidance_scale * (v - v_uncond), t, latents, return_dict=False)[0]
+    out = vae.decode((latents * std + mean).to(vae.dtype)).sample.float().clamp(-1, 1)
+    return ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+@torch.no_grad()
 def reconstruct(vae, video: np.ndarray) -> np.ndarray:
     """uint8 ``(F, H, W, 3)`` through the VAE (posterior mean), back to uint8."""
     x = torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
@@ -87,9 +121,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
     parser.add_argument("--autoencoder", action="store_true",
                         help="measure the detector on rendered clips reconstructed by the model's VAE")
+    parser.add_argument("--from-noise", type=finite, metavar="SIGMA",
+                        help="denoise rendered clips noised to this level (0 < SIGMA <= 1) instead of generating")
     parser.add_argument("--radius", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="with --ground-truth or --autoencoder: render shapes of this size range, as 'vmoba data "
-                        "shapes --radius' does (default: its default)")
+                        help="with --ground-truth, --autoencoder or --from-noise: render shapes of this size range, "
+                        "as 'vmoba data shapes --radius' does (default: its default)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (a quick look)")
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--save-videos", help="also write every clip as MP4 into this folder")
@@ -109,11 +145,14 @@ def main(argv=None) -> int:
     prompts = prompt_grid()[: args.limit]
     size, frames = DEFAULT_SIZE["height"], DEFAULT_SIZE["num_frames"]
     pipe = vae = None
-    if args.ground_truth and args.autoencoder:
-        parser.error("--ground-truth and --autoencoder are two different measurements: give one")
-    if args.radius and not (args.ground_truth or args.autoencoder):
-        parser.error("--radius sizes the rendered clips of --ground-truth and --autoencoder; generated clips have "
-                     "the size the model draws")
+    if sum(map(bool, (args.ground_truth, args.autoencoder, args.from_noise is not None))) > 1:
+        parser.error("--ground-truth, --autoencoder and --from-noise are different measurements: give one")
+    if args.from_noise is not None and not 0 < args.from_noise <= 1:
+        parser.error(f"--from-noise must be in (0, 1], got {args.from_noise}")
+    rendered = args.ground_truth or args.autoencoder or args.from_noise is not None
+    if args.radius and not rendered:
+        parser.error("--radius sizes rendered clips (--ground-truth, --autoencoder, --from-noise); generated clips "
+                     "have the size the model draws")
     if args.autoencoder:
         vae = load_default_pipeline(args.model).vae
     elif not args.ground_truth:
@@ -131,6 +170,9 @@ def main(argv=None) -> int:
                 video = ground_truth_clip(item, seed, frames, size, args.radius)
                 if vae is not None:
                     video = reconstruct(vae, video)
+            elif args.from_noise is not None:
+                video = denoise_from(pipe, ground_truth_clip(item, seed, frames, size, args.radius), item["prompt"],
+                                     args.from_noise, args.steps, args.guidance_scale, seed)
             else:
                 video = pipe(item["prompt"], height=size, width=size, num_frames=frames,
                              num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -169,7 +211,9 @@ def main(argv=None) -> int:
                         ("correct", "color+shape+direction", "{:.0%}"), ("color", "color", "{:.0%}"),
                         ("shape", "shape", "{:.0%}"), ("direction", "direction", "{:.0%}"),
                         ("color_stable", "color stable", "{:.0%}"), ("size_stable", "size stable", "{:.0%}")])
-    mode = "ground_truth" if args.ground_truth else "autoencoder" if args.autoencoder else f"model_{args.attention}"
+    mode = ("ground_truth" if args.ground_truth else "autoencoder" if args.autoencoder
+            else f"from_noise_{args.from_noise:g}_{args.attention}" if args.from_noise is not None
+            else f"model_{args.attention}")
     print(f"\n{mode}: color, shape and direction all right in {summary['accuracy']:.1%} of {len(rows)} clips "
           f"(color {summary['color_accuracy']:.1%}, shape {summary['shape_accuracy']:.1%}, direction "
           f"{summary['direction_accuracy']:.1%}); color stable in every frame {summary['color_stable']:.1%}, size "
@@ -177,7 +221,7 @@ def main(argv=None) -> int:
           f"match the prompt) {summary['color_direction_accuracy']:.1%}, the measure of earlier results; "
           f"{summary['seconds_per_clip']} s per clip")
     settings = {"model": args.model or "embedded default", "accuracy": "color, shape and direction all right",
-                "seeds": args.seeds, "steps": args.steps, "radius": args.radius,
+                "seeds": args.seeds, "steps": args.steps, "radius": args.radius, "from_noise": args.from_noise,
                 "guidance_scale": args.guidance_scale, "attention": args.attention, "size": size, "frames": frames,
                 "command": "python benchmarks/default_model_check.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = write_json(args.name or f"default_model_check_{mode}.json",

@@ -27,3 +27,29 @@ def test_default_model_check_scores_ground_truth_clips_perfectly(tmp_path):
     data = json.loads((tmp_path / "default_model_check_ground_truth.json").read_text())
     assert data["summary"]["clips"] == 12 and data["summary"]["accuracy"] == 1.0, res.stdout
     assert "accuracy (color and direction match the prompt) 100.0%" in res.stdout
+
+
+def test_denoising_from_pure_noise_is_the_pipelines_own_generation():
+    # --from-noise 1 starts from the same seeded noise the pipeline draws and takes every one of its steps, so
+    # its clip must be the pipeline's (to the rounding of two float-to-uint8 conversions); lower levels start
+    # from the rendered clip instead
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from default_model_check import denoise_from, ground_truth_clip
+
+    from vmoba.pipelines import load_default_pipeline
+
+    pipe = load_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    item = {"color": "blue", "shape": "triangle", "direction": "left", "prompt": "a blue triangle moves left"}
+    rendered = ground_truth_clip(item, 0, 17, 64)
+    ours = denoise_from(pipe, rendered, item["prompt"], 1.0, 4, 5.0, seed=2)
+    theirs = pipe(item["prompt"], num_inference_steps=4, guidance_scale=5.0, generator=torch.Generator().manual_seed(2),
+                  output_type="np").frames[0]
+    difference = np.abs(ours.astype(int) - (theirs * 255).round().astype(int))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.99
+    # from a low level only the last steps run, and the rendered clip's layout survives
+    near = denoise_from(pipe, rendered, item["prompt"], 0.05, 4, 5.0, seed=2)
+    assert np.abs(near.astype(int) - rendered.astype(int)).mean() < np.abs(ours.astype(int) - rendered.astype(int)).mean()
