@@ -74,23 +74,31 @@ def judge(found, item: dict) -> dict:
             "size_stable": max_change is not None and max_change <= MAX_AREA_CHANGE}
 
 
+def clip_tensor(video: np.ndarray) -> torch.Tensor:
+    """uint8 ``(F, H, W, 3)`` -> the VAE's input ``(1, 3, F, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+
+
+def clip_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """The VAE's output ``(1, 3, F, H, W)`` -> uint8 ``(F, H, W, 3)``."""
+    return ((decoded.float().clamp(-1, 1)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
 @torch.no_grad()
 def denoise_from(pipe, video: np.ndarray, prompt: str, sigma: float, steps: int, guidance_scale: float,
                  seed: int) -> np.ndarray:
     """``video`` encoded, noised to ``sigma`` and denoised by ``pipe`` with ``prompt`` (classifier-free guidance
     as the pipeline applies it) over the scheduler's steps whose noise level is at most ``sigma``."""
+    from vmoba.training.objectives import latent_statistics, noised
+
     vae, transformer, scheduler = pipe.vae, pipe.transformer, pipe.scheduler
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape)
-    std = torch.tensor(vae.config.latents_std).view(shape)
-    x = torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
-    clean = (vae.encode(x.to(vae.dtype)).latent_dist.mean.float() - mean) / std
+    mean, std = latent_statistics(vae)
+    clean = (vae.encode(clip_tensor(video).to(vae.dtype)).latent_dist.mean.float() - mean) / std
     scheduler.set_timesteps(steps)
     first = int((scheduler.sigmas[:-1] <= sigma + 1e-6).nonzero()[0]) if sigma < 1 else 0
     scheduler.set_begin_index(first)
-    level = float(scheduler.sigmas[first])
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
-    latents = (1 - level) * clean + level * noise
+    latents = noised(clean, scheduler.sigmas[first : first + 1], noise)
     cond, uncond = pipe.encode_prompt(prompt, "", do_classifier_free_guidance=True, device=clean.device,
                                       max_sequence_length=pipe.config.max_sequence_length)  # the model's own
     for t in scheduler.timesteps[first:]:
@@ -99,16 +107,13 @@ def denoise_from(pipe, video: np.ndarray, prompt: str, sigma: float, steps: int,
         v_uncond = transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=uncond,
                                return_dict=False)[0]
         latents = scheduler.step(v_uncond + guidance_scale * (v - v_uncond), t, latents, return_dict=False)[0]
-    out = vae.decode((latents * std + mean).to(vae.dtype)).sample.float().clamp(-1, 1)
-    return ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return clip_uint8(vae.decode((latents * std + mean).to(vae.dtype)).sample)
 
 
 @torch.no_grad()
 def reconstruct(vae, video: np.ndarray) -> np.ndarray:
     """uint8 ``(F, H, W, 3)`` through the VAE (posterior mean), back to uint8."""
-    x = torch.from_numpy(video).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
-    out = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mean).sample.float().clamp(-1, 1)
-    return ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return clip_uint8(vae.decode(vae.encode(clip_tensor(video).to(vae.dtype)).latent_dist.mean).sample)
 
 
 def main(argv=None) -> int:
@@ -153,6 +158,13 @@ def main(argv=None) -> int:
     if args.radius and not rendered:
         parser.error("--radius sizes rendered clips (--ground-truth, --autoencoder, --from-noise); generated clips "
                      "have the size the model draws")
+    if args.radius:
+        from vmoba.training.shapes import check_radius
+
+        try:
+            check_radius(args.radius)
+        except ValueError as exc:
+            parser.error(f"--radius: {exc}")
     if args.autoencoder:
         vae = load_default_pipeline(args.model).vae
     elif not args.ground_truth:

@@ -44,8 +44,8 @@ from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate,
 from .models import (build_motion_adapter, export_pipeline, load_pipeline, load_vae, max_sequence_length,
                      measure_latent_statistics, prepare_transformer, save_pretrained)
 from .objectives import AutoencoderLoss, FlowMatchingLoss
-from .state import (EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints, mark_run,
-                    save_checkpoint, saved_identity)
+from .state import (CHECKPOINT, EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints,
+                    mark_run, save_checkpoint, saved_identity)
 
 logger = logging.getLogger("vmoba")
 
@@ -89,7 +89,7 @@ def _resume_target(config: TrainConfig, out: Path) -> Path | None:
             return None
         return checkpoints[-1][1]
     path = Path(t.resume_from)
-    match = re.match(r"^step-(\d+)$", path.name)
+    match = CHECKPOINT.match(path.name)
     if not path.is_dir() or match is None:
         raise ConfigError(f"{config.source}: training.resume_from {path} is not a checkpoint folder (step-N)")
     later = [p.name for s, p in checkpoints if s > int(match.group(1))]
@@ -132,7 +132,7 @@ def run(config: TrainConfig) -> Path | None:
     data_rank, data_world = data_parallel_rank(accelerator.process_index, accelerator.num_processes,
                                                t.sequence_parallel)
     resume = _resume_target(config, out)
-    clips = read_clips(config.data.root, config.data.captions, exclude=(t.output_dir, config.data.cache_dir))
+    clips = _training_clips(config)
 
     setup = _prepare(config, accelerator, clips, precision)
     task, dataset, trainable, ema = setup["task"], setup["dataset"], setup["trainable"], setup["ema"]
@@ -250,6 +250,12 @@ def _check_replicas(accelerator, trainable) -> list[str]:
     return digests
 
 
+def _training_clips(config: TrainConfig):
+    """The data's clips, never counting the run's own outputs or its latent cache as data."""
+    return read_clips(config.data.root, config.data.captions,
+                      exclude=(config.training.output_dir, config.data.cache_dir))
+
+
 def _prepare(config: TrainConfig, accelerator, clips, precision: str) -> dict:
     """The task's model and data, the optimizer, the EMA and the step counter, prepared by accelerate and
     registered for checkpointing in the order every checkpoint of a run holds them."""
@@ -312,13 +318,12 @@ def export_checkpoint(config: TrainConfig, out: str | Path, checkpoint: str | Pa
             raise ConfigError(f"{config.source}: training.output_dir {run_dir} has no checkpoint to export")
         checkpoint = found[-1][1]
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_dir() or not re.match(r"^step-(\d+)$", checkpoint.name):
+    if not checkpoint.is_dir() or not CHECKPOINT.match(checkpoint.name):
         raise ConfigError(f"checkpoint {checkpoint} is not a checkpoint folder (step-N)")
     if out.exists():
         raise FileExistsError(f"export folder {out} exists; give a new folder")
     accelerator = Accelerator(mixed_precision="no")
-    clips = read_clips(config.data.root, config.data.captions, exclude=(config.training.output_dir,
-                                                                          config.data.cache_dir))
+    clips = _training_clips(config)
     setup = _prepare(config, accelerator, clips, "no")
     _load_checkpoint(config, accelerator, setup["state"], checkpoint, "export")
     if setup["ema"] is not None:
