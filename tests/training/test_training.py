@@ -17,6 +17,7 @@ from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_si
 from vmoba.training.shapes import write_shapes_dataset
 from vmoba.training.state import list_checkpoints
 from vmoba.training.trainer import run
+from vmoba.motion import MotionEnergyAdapter, load_flow_model
 from vmoba.video import read_video
 
 
@@ -702,6 +703,17 @@ def test_joint_run_starts_from_the_pretrained_adapter_and_trains_both(tmp_path, 
         run(_config(tmp_path, data9, model={"pretrained": "default", "train": ["transformer", "motion_adapter"]},
                     data={"num_frames": 9}, motion_adapter={**settings, "hidden": 8},
                     training={"output_dir": str(tmp_path / "run2")}))
+    # the same adapter with the flow model's filters: its energy is not the config's default bank
+    flow_folder = tmp_path / "flow_energy"
+    base.save_pretrained(flow_folder)
+    swapped = MotionEnergyAdapter(shipped.inner_dim, energy=load_flow_model().energy, hidden=shipped.hidden,
+                                  pooling=shipped.pooling, inject=shipped.inject, normalize=shipped.normalize)
+    swapped.save_pretrained(flow_folder / "motion_adapter.safetensors")
+    with pytest.raises(ConfigError, match=r"motion_adapter.energy is 'default' but the pretrained adapter "
+                                          r"\(motion_adapter.start: pretrained\) has 'flow'"):
+        run(_config(tmp_path, data9, model={"pretrained": str(flow_folder),
+                                            "train": ["transformer", "motion_adapter"]},
+                    data={"num_frames": 9}, motion_adapter=settings, training={"output_dir": str(tmp_path / "run4")}))
     base.save_pretrained(tmp_path / "plain")  # a pipeline folder without a motion adapter
     with pytest.raises(ConfigError, match=r"motion_adapter.start: pretrained: .*plain has no motion adapter"):
         run(_config(tmp_path, data9, model={"pretrained": str(tmp_path / "plain"),

@@ -113,7 +113,7 @@ class MotionAdapterSettings:
     # with the transformer trained alongside, it learns to act on the reference without forgetting the words
     keep_words: float = 0.0
     # new: a fresh adapter (its projection at zero); pretrained: the one saved beside model.pretrained
-    # (motion_adapter.safetensors), trained on from there with the energy filters saved in it
+    # (motion_adapter.safetensors), trained on from there; its settings, energy filters included, must be these
     start: str = "new"
 
 

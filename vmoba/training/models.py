@@ -145,17 +145,34 @@ def build_motion_adapter(config: TrainConfig, transformer) -> MotionEnergyAdapte
             raise ConfigError(f"{config.source}: motion_adapter.start: pretrained: {exc}") from exc
         saved = {"pooling": adapter.pooling, "inject": adapter.inject, "normalize": adapter.normalize,
                  "hidden": adapter.hidden}
+        saved["energy"] = _energy_bank(adapter.energy)
         for name, value in saved.items():
             if getattr(ma, name) != value:
                 raise ConfigError(f"{config.source}: motion_adapter.{name} is {getattr(ma, name)!r} but the "
                                   f"pretrained adapter (motion_adapter.start: pretrained) has {value!r}")
         return adapter.attach(transformer)
-    energy = MotionEnergy() if ma.energy == "default" else copy.deepcopy(load_flow_model().energy)
+    energy = _energy_bank_named(ma.energy)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
         adapter = MotionEnergyAdapter.for_transformer(transformer, energy=energy, hidden=ma.hidden,
                                                       pooling=ma.pooling, inject=ma.inject, normalize=ma.normalize)
     return adapter.attach(transformer)
+
+
+def _energy_bank_named(name: str) -> MotionEnergy:
+    """``motion_adapter.energy``'s filters: the default bank, or the shipped flow model's (a copy)."""
+    return MotionEnergy() if name == "default" else copy.deepcopy(load_flow_model().energy)
+
+
+def _energy_bank(energy: MotionEnergy) -> str:
+    """Which ``motion_adapter.energy`` a saved adapter's filters are (the trainer keeps them frozen), or a
+    description of them when they are neither."""
+    for name in ("default", "flow"):
+        bank = _energy_bank_named(name)
+        if bank.config == energy.config and all(
+                torch.equal(a, b) for a, b in zip(bank.state_dict().values(), energy.state_dict().values())):
+            return name
+    return "other filters (neither the default bank nor the flow model's)"
 
 
 def export_pipeline(config: TrainConfig, pipe, out: Path, msl: int) -> None:
