@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vmoba.pipelines import load_pipeline
-from vmoba.pipelines.default import (DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_VMOBA_CONFIG, build_default_pipeline,
-                                     load_default_pipeline)
+from vmoba.pipelines.default import (DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_VMOBA_CONFIG, MOTION_ADAPTER_FILE,
+                                     WEIGHTS_DIR, build_default_pipeline, load_default_pipeline)
 from vmoba.training import BatchOrder, ConfigError, DataError, config_from_dict, read_clips
 from vmoba.training.config import FlowSettings
 from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_sigmas, tokenize
@@ -383,7 +383,18 @@ def test_exported_pipeline_loads_with_its_text_length_and_ema_weights(tmp_path, 
     frames = pipe("a red circle moves right", height=32, width=32, num_frames=5, num_inference_steps=2,
                   generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
     assert frames.shape == (5, 32, 32, 3) and np.isfinite(frames).all()
+    # a transformer from scratch has no use for the shipped motion adapter, which was trained for other weights
+    assert not (final / MOTION_ADAPTER_FILE).exists()
 
+
+def test_a_fine_tune_that_does_not_train_the_motion_adapter_keeps_it(tmp_path, data):
+    final = run(_config(tmp_path, data, model={"pretrained": "default", "from_scratch": False,
+                                               "train": ["transformer", "text_encoder"]},
+                        training={"max_steps": 1, "learning_rate": 1e-5}))
+    assert (final / MOTION_ADAPTER_FILE).read_bytes() == (WEIGHTS_DIR / MOTION_ADAPTER_FILE).read_bytes()
+    base, tuned = load_default_pipeline(), load_default_pipeline(final)
+    assert any(not torch.equal(a, b) for a, b in zip(base.transformer.state_dict().values(),
+                                                     tuned.transformer.state_dict().values()))
 
 
 def test_a_checkpoint_exports_the_model_a_run_ending_there_would_write(tmp_path, data):

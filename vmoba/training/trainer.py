@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..checks import atomic_directory, atomic_output
 from ..parallel.training import data_parallel_rank, enable_sequence_parallel, loss_scale
-from ..pipelines.default import MOTION_ADAPTER_FILE
+from ..pipelines.default import MOTION_ADAPTER_FILE, WEIGHTS_DIR
 from ..video import to_uint8, write_video
 from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
@@ -396,13 +397,28 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
                               distill=distill, keep_words=keep_words)
     used = next(iter(processors.values())).config if processors else None
 
+    kept_adapter = None if adapter is not None else _untrained_motion_adapter(config)
+
     def export(path: Path):
         export_pipeline(config, pipe, path, msl)
         if adapter is not None:
             adapter.save_pretrained(path / MOTION_ADAPTER_FILE)
+        elif kept_adapter is not None:  # kept as it came, like every other component the run does not train
+            shutil.copyfile(kept_adapter, path / MOTION_ADAPTER_FILE)
 
     return {"module": module, "dataset": dataset, "pipe": pipe, "processors": processors, "msl": msl,
             "vmoba_config": used, "export": export}
+
+
+def _untrained_motion_adapter(config: TrainConfig) -> Path | None:
+    """The motion adapter file of ``model.pretrained`` that a full fine-tune without ``motion_adapter`` in
+    ``model.train`` passes on to its output, or None: there is none, the output is LoRA weights, or the
+    transformer starts from scratch (the adapter was trained for weights the run does not have)."""
+    m = config.model
+    if m.lora is not None or (m.from_scratch and "transformer" in m.train):
+        return None
+    file = (WEIGHTS_DIR if m.pretrained == "default" else Path(m.pretrained)) / MOTION_ADAPTER_FILE
+    return file if file.is_file() else None
 
 
 def _attention_as_identity(*blocks) -> None:
