@@ -1,5 +1,6 @@
 """Single-process fine-tuning: the objective against its definition, data errors, checkpoints, cache, LoRA, VAE."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -397,7 +398,7 @@ def test_a_fine_tune_that_does_not_train_the_motion_adapter_keeps_it(tmp_path, d
                                                      tuned.transformer.state_dict().values()))
 
 
-def test_a_checkpoint_exports_the_model_a_run_ending_there_would_write(tmp_path, data):
+def test_a_checkpoint_exports_the_model_a_run_ending_there_would_write(tmp_path, data, monkeypatch):
     from safetensors.torch import load_file
 
     from vmoba.cli import main as cli_main
@@ -423,6 +424,12 @@ def test_a_checkpoint_exports_the_model_a_run_ending_there_would_write(tmp_path,
     assert report["steps"] == 2 and report["checkpoint"].endswith("step-0000002")
     assert report["vmoba_config"] == DEFAULT_VMOBA_CONFIG.to_dict()
     assert load_default_pipeline(exported).vmoba_trained
+    # an export decodes no video, even when the run preloads them all
+    with monkeypatch.context() as patch:
+        patch.setattr("vmoba.training.data.read_frames", lambda path: pytest.fail(f"{path} was decoded"))
+        preloading = dataclasses.replace(longer, data=dataclasses.replace(longer.data, preload=True))
+        again = export_checkpoint(preloading, tmp_path / "again", tmp_path / "longer/checkpoints/step-0000002")
+    assert _digest(again / "transformer") == _digest(exported / "transformer")
 
     # the command: latest checkpoint by default; never over an existing folder; only checkpoints of this model
     (tmp_path / "train.yaml").write_text(json.dumps(longer.to_dict()))

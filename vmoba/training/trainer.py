@@ -257,12 +257,13 @@ def _training_clips(config: TrainConfig):
                       exclude=(config.training.output_dir, config.data.cache_dir))
 
 
-def _prepare(config: TrainConfig, accelerator, clips, precision: str) -> dict:
+def _prepare(config: TrainConfig, accelerator, clips, precision: str, preload: bool = True) -> dict:
     """The task's model and data, the optimizer, the EMA and the step counter, prepared by accelerate and
-    registered for checkpointing in the order every checkpoint of a run holds them."""
+    registered for checkpointing in the order every checkpoint of a run holds them. ``preload=False``: the
+    videos stay on disk whatever ``data.preload`` says (an export reads none of them)."""
     t = config.training
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    task = _build_task(config, accelerator, clips, weight_dtype)
+    task = _build_task(config, accelerator, clips, weight_dtype, preload)
     module, dataset = task["module"], task["dataset"]
     module.train()
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -325,7 +326,7 @@ def export_checkpoint(config: TrainConfig, out: str | Path, checkpoint: str | Pa
         raise FileExistsError(f"export folder {out} exists; give a new folder")
     accelerator = Accelerator(mixed_precision="no")
     clips = _training_clips(config)
-    setup = _prepare(config, accelerator, clips, "no")
+    setup = _prepare(config, accelerator, clips, "no", preload=False)
     _load_checkpoint(config, accelerator, setup["state"], checkpoint, "export")
     if setup["ema"] is not None:
         setup["ema"].copy_to(setup["trainable"])
@@ -336,16 +337,17 @@ def export_checkpoint(config: TrainConfig, out: str | Path, checkpoint: str | Pa
     return out
 
 
-def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
+def _build_task(config: TrainConfig, accelerator, clips, weight_dtype, preload: bool = True) -> dict:
     """Model, loss module, dataset and exporter of the configured task."""
     d, t = config.data, config.training
+    preload = preload and d.preload
     device = accelerator.device
     if config.task == "autoencoder":
         vae = load_vae(config).to(device)
         vae.requires_grad_(True)
         if config.autoencoder.mid_attention == "identity":
             _attention_as_identity(vae.encoder.mid_block, vae.decoder.mid_block)
-        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
+        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=preload)
         module = AutoencoderLoss(vae, reconstruction=config.autoencoder.reconstruction,
                                  kl_weight=config.autoencoder.kl_weight,
                                  sample_posterior=config.autoencoder.sample_posterior,
@@ -390,7 +392,7 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype) -> dict:
         if text is not None:
             empty = empty_prompt_embeds(text, device)
     else:
-        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=d.preload)
+        dataset = VideoCaptionDataset(clips, d.num_frames, d.height, d.width, clip_start=d.clip_start, preload=preload)
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
                               empty_embeds=empty, motion_adapter=adapter,
