@@ -26,10 +26,12 @@ MOTION_NOTE = """
 **Generate with this motion.** The embedded model's motion adapter reads how the clip above moves (its motion
 energy averaged over the frame: direction and speed, not where things are or what they look like) and steers a
 new clip of the prompt that way; leave the direction out of the prompt ("a red circle"). On rendered references
-of another colour and shape the generated clip moves as the reference in 100% of 96 clips (92.7% at other
+of another colour and shape the generated clip moves as the reference in 100% of 96 clips (100% at other
 seeds), 25% without the adapter (`docs/training.md`, "Motion reference"); `vmoba generate "a red circle" --motion-reference clip.mp4`
-does the same from a terminal. The dots and grating examples steer it as well; the photo moving right and up
-gives a clip moving up (the model knows four directions).
+does the same from a terminal. The dots example steers it as well and the photo moving right and up gives a
+clip moving up (the model knows four directions), but the grating drifting left at 1 px/frame gives a clip
+moving down (at 2 px/frame: left), and with the photo or the grating "a green square" comes out yellow:
+references unlike the shapes it was trained on are where this adapter is weakest.
 """
 
 
