@@ -144,8 +144,7 @@ def build_motion_adapter(config: TrainConfig, transformer) -> MotionEnergyAdapte
         except FileNotFoundError as exc:
             raise ConfigError(f"{config.source}: motion_adapter.start: pretrained: {exc}") from exc
         saved = {"pooling": adapter.pooling, "inject": adapter.inject, "normalize": adapter.normalize,
-                 "hidden": adapter.hidden}
-        saved["energy"] = _energy_bank(adapter.energy)
+                 "hidden": adapter.hidden, "energy": _energy_bank(adapter.energy)}
         for name, value in saved.items():
             if getattr(ma, name) != value:
                 raise ConfigError(f"{config.source}: motion_adapter.{name} is {getattr(ma, name)!r} but the "
