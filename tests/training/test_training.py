@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from vmoba.motion import MotionEnergyAdapter, load_flow_model
 from vmoba.pipelines import load_pipeline
 from vmoba.pipelines.default import (DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_VMOBA_CONFIG, MOTION_ADAPTER_FILE,
                                      WEIGHTS_DIR, build_default_pipeline, load_default_pipeline)
@@ -18,7 +19,6 @@ from vmoba.training.objectives import FlowMatchingLoss, encode_tokens, sample_si
 from vmoba.training.shapes import write_shapes_dataset
 from vmoba.training.state import list_checkpoints
 from vmoba.training.trainer import run
-from vmoba.motion import MotionEnergyAdapter, load_flow_model
 from vmoba.video import read_video
 
 

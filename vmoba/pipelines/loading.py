@@ -171,14 +171,19 @@ def load_pipeline(path: str | Path | None = None):
     return pipe
 
 
+def motion_adapter_file(path: str | Path | None = None) -> Path:
+    """Where a pipeline folder keeps its motion adapter (``None``: the embedded default model's folder), whether
+    or not it has one."""
+    return (WEIGHTS_DIR if path is None else Path(path)) / MOTION_ADAPTER_FILE
+
+
 def load_motion_adapter(path: str | Path | None = None) -> MotionEnergyAdapter:
     """The motion adapter trained for a pipeline folder (its ``motion_adapter.safetensors``; ``None``: the
     embedded default model's), for ``adapter.conditioning(pipe, reference)`` on that pipeline.
     FileNotFoundError names the folder when it has none."""
-    folder = WEIGHTS_DIR if path is None else Path(path)
-    file = folder / MOTION_ADAPTER_FILE
+    file = motion_adapter_file(path)
     if not file.is_file():
-        what = "the embedded default model" if path is None else str(folder)
+        what = "the embedded default model" if path is None else str(file.parent)
         raise FileNotFoundError(f"{what} has no motion adapter ({MOTION_ADAPTER_FILE}); train one with "
                                 f"model.train: [motion_adapter] (docs/training.md)")
     return MotionEnergyAdapter.from_pretrained(file)

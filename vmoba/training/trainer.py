@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from ..checks import atomic_directory, atomic_output
 from ..parallel.training import data_parallel_rank, enable_sequence_parallel, loss_scale
-from ..pipelines.default import MOTION_ADAPTER_FILE, WEIGHTS_DIR
+from ..pipelines.default import MOTION_ADAPTER_FILE
+from ..pipelines.loading import motion_adapter_file
 from ..video import to_uint8, write_video
 from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
@@ -419,7 +420,7 @@ def _untrained_motion_adapter(config: TrainConfig) -> Path | None:
     m = config.model
     if m.lora is not None or (m.from_scratch and "transformer" in m.train):
         return None
-    file = (WEIGHTS_DIR if m.pretrained == "default" else Path(m.pretrained)) / MOTION_ADAPTER_FILE
+    file = motion_adapter_file(None if m.pretrained == "default" else m.pretrained)
     return file if file.is_file() else None
 
 
