@@ -87,6 +87,56 @@ def test_flow_matching_loss_is_the_rectified_flow_velocity_error():
     torch.testing.assert_close(loss, torch.mean((prediction - (noise - x0)) ** 2), rtol=1e-4, atol=1e-5)
 
 
+def test_foreground_weights_against_a_loop_in_float64():
+    from vmoba.training.objectives import foreground_weights
+
+    x0 = torch.randn(2, 3, 2, 4, 5, generator=torch.Generator().manual_seed(5))
+    weights = foreground_weights(x0, 6.0)
+    assert weights.shape == (2, 1, 2, 4, 5)
+    x = x0.double().numpy()
+    for b in range(2):
+        for t in range(2):
+            frame = x[b, :, t].reshape(3, -1)  # (C, positions)
+            # torch's median of an even count is the lower of the two middle values
+            background = np.sort(frame, axis=1)[:, (frame.shape[1] - 1) // 2]
+            distance = np.sqrt(((frame - background[:, None]) ** 2).sum(0))
+            expected = 1 + 6.0 * distance / distance.max()
+            np.testing.assert_allclose(weights[b, 0, t].flatten().numpy(), expected, rtol=1e-5)
+
+    # a plain frame with one square: the background weighs 1, the square 1 + strength
+    plain = torch.full((1, 4, 1, 8, 8), 0.3)
+    plain[..., 2:4, 5:7] += torch.tensor([1.0, -2.0, 0.5, 0.0]).view(1, 4, 1, 1, 1)
+    w = foreground_weights(plain, 3.0)[0, 0, 0]
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:4, 5:7] = True
+    assert torch.all(w[inside] == 4.0) and torch.all(w[~inside] == 1.0)
+
+
+def test_foreground_weight_makes_the_velocity_error_a_weighted_mean():
+    from vmoba.training.objectives import foreground_weights, velocity_error
+
+    class Fixed(torch.nn.Module):  # a "transformer" whose prediction does not depend on its input
+        dtype = torch.float32
+
+        def __init__(self, prediction):
+            super().__init__()
+            self.prediction = prediction
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict):
+            return (self.prediction,)
+
+    g = torch.Generator().manual_seed(6)
+    x0, noise, prediction = (torch.randn(2, 4, 2, 6, 6, generator=g) for _ in range(3))
+    sigmas, context = torch.tensor([0.3, 0.8]), torch.zeros(2, 3, 8)
+    squared = ((prediction - (noise - x0)) ** 2).double()
+    plain = velocity_error(Fixed(prediction), x0, context, sigmas, noise)
+    assert plain.item() == pytest.approx(squared.mean().item(), rel=1e-6)
+    w = foreground_weights(x0, 5.0).double().expand_as(squared)
+    weighted = velocity_error(Fixed(prediction), x0, context, sigmas, noise, foreground_weight=5.0)
+    assert weighted.item() == pytest.approx(((w * squared).sum() / w.sum()).item(), rel=1e-6)
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
 def test_posterior_mean_latents_ignore_the_posterior_spread():
     pipe = build_default_pipeline(seed=2)
     x0 = torch.randn(2, 16, 2, 8, 8)
@@ -759,6 +809,8 @@ def test_motion_adapter_settings_are_checked(tmp_path, data9):
         config(motion_adapter={"target": "caption"}, data={"caption_dropout": 0.1})
     with pytest.raises(ConfigError, match="motion_adapter.drop_words is empty"):
         config(motion_adapter={"target": "caption", "drop_words": []})
+    with pytest.raises(ConfigError, match="flow.foreground_weight weighs the error against the data"):
+        config(motion_adapter={"target": "caption"}, flow={"foreground_weight": 4.0})
     with pytest.raises(ConfigError, match=r"motion_adapter.keep_words must be in \[0, 1\), got 1.0"):
         config(motion_adapter={"keep_words": 1.0})
     with pytest.raises(ConfigError, match=r"motion_adapter.keep_words trains the transformer on whole captions: "

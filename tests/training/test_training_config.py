@@ -58,6 +58,7 @@ def test_minimal_config_and_defaults():
     ("validation.every", 10, "validation.prompts must list at least one prompt"),
     ("flow.timestep_sampling", "beta", "flow.timestep_sampling must be one of uniform, logit_normal"),
     ("flow.posterior", "mode", "flow.posterior must be one of sample, mean"),
+    ("flow.foreground_weight", -1.0, "flow.foreground_weight must be >= 0"),
     ("autoencoder.mid_attention", "off", "autoencoder.mid_attention must be one of train, identity"),
     ("autoencoder.sample_posterior", "no", "autoencoder.sample_posterior must be true or false"),
     ("data", ["root"], "data must be a mapping"),

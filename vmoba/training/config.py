@@ -82,6 +82,9 @@ class FlowSettings:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     posterior: str = "sample"  # latents x0: a posterior sample (as Wan trains) or its mean
+    # > 0: latent positions that stand out from their frame's median latent (a small subject on a plain
+    # background) weigh up to 1 + foreground_weight in the loss (objectives.foreground_weights)
+    foreground_weight: float = 0.0
 
 
 @dataclass
@@ -371,6 +374,7 @@ def _check(c: TrainConfig) -> None:
     choice("flow.timestep_sampling", f.timestep_sampling, ("uniform", "logit_normal"))
     positive("flow.logit_std", f.logit_std)
     choice("flow.posterior", f.posterior, ("sample", "mean"))
+    positive("flow.foreground_weight", f.foreground_weight, zero=True)
     a = c.autoencoder
     choice("autoencoder.reconstruction", a.reconstruction, ("l1", "mse"))
     choice("autoencoder.mid_attention", a.mid_attention, ("train", "identity"))
@@ -399,6 +403,9 @@ def _check(c: TrainConfig) -> None:
         if d.caption_dropout:
             fail("data.caption_dropout", f"must be 0 with motion_adapter.target: caption (a dropped caption leaves "
                  f"the teacher nothing the reference could say), got {d.caption_dropout}")
+        if f.foreground_weight:
+            fail("flow.foreground_weight", "weighs the error against the data; motion_adapter.target: caption "
+                 "matches the frozen model's prediction instead: remove it")
     if not 0 <= ma.keep_words < 1:
         fail("motion_adapter.keep_words", f"must be in [0, 1), got {ma.keep_words}")
     if ma.keep_words and "motion_adapter" in m.train:

@@ -66,12 +66,30 @@ def noised(x0: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor) -> torch
     return (1 - s) * x0 + s * noise
 
 
+def foreground_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-position loss weights ``1 + strength * m``, shaped ``(B, 1, T, H, W)``, for latents ``x0``
+    ``(B, C, T, H, W)``. ``m`` in [0, 1] is how far a position's latent vector lies from its frame's
+    per-channel median (the plain background's latent where the subject is small), over the frame's farthest:
+    1 on the subject, 0 on the background, between at the edges."""
+    flat = x0.float().flatten(3)  # (B, C, T, H*W)
+    background = flat.median(dim=-1, keepdim=True).values
+    distance = (flat - background).norm(dim=1)  # (B, T, H*W)
+    m = distance / distance.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (1 + strength * m).view(x0.shape[0], 1, *x0.shape[2:])
+
+
 def velocity_error(transformer, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
+                   noise: torch.Tensor, foreground_weight: float = 0.0) -> torch.Tensor:
     """Mean squared error of the transformer's velocity prediction: ``x0`` noised to ``x_s = (1 - s) x0 + s noise``
-    at the per-clip noise levels ``sigmas`` (timestep ``1000 s``), target ``noise - x0``."""
+    at the per-clip noise levels ``sigmas`` (timestep ``1000 s``), target ``noise - x0``. With
+    ``foreground_weight`` > 0, a weighted mean with `foreground_weights` (normalised by the weights' mean, so
+    the loss keeps its scale)."""
     prediction = predict_velocity(transformer, noised(x0, sigmas, noise), context, sigmas)
-    return F.mse_loss(prediction, (noise - x0).float())
+    if not foreground_weight:
+        return F.mse_loss(prediction, (noise - x0).float())
+    weights = foreground_weights(x0, foreground_weight)
+    error = (prediction - (noise - x0).float()).pow(2)
+    return (error * weights).mean() / weights.mean()
 
 
 def latent_statistics(vae) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +204,7 @@ class FlowMatchingLoss(nn.Module):
             if self.motion_adapter is not None and any(untoken):
                 tokens = self.motion_adapter.bypassed(torch.tensor(untoken))
             with tokens:
-                return velocity_error(self.transformer, x0, context, s, noise)
+                return velocity_error(self.transformer, x0, context, s, noise, f.foreground_weight)
         noisy = noised(x0, s, noise)
         teacher_context = batch["teacher_embeds"] if "teacher_embeds" in batch else self.encode(batch["teacher_caption"])
         with torch.no_grad(), self.motion_adapter.bypassed():
