@@ -3,12 +3,15 @@
     python benchmarks/motion_reference_check.py                    # embedded model and its motion adapter
     python benchmarks/motion_reference_check.py --model runs/motion_adapter/final --seeds 1
     python benchmarks/motion_reference_check.py --without-adapter  # the same prompts, no reference: chance
+    python benchmarks/motion_reference_check.py --references patterns  # photos, dots and gratings as references
 
 Prompts name a colour and a shape but no direction ("a red circle"), every colour x shape. Each prompt is
 generated once per direction, with a rendered reference clip (written through H.264, as a user's file would
 be) of a shape and a colour other than the prompt's moving that way. A clip counts as following the reference
 when the detector reads the reference's direction; as correct when it also shows the prompt's colour and
-shape. ``--without-adapter`` generates the same prompts without the adapter: the share of clips that happen to
+shape. ``--references patterns`` uses references that are not shapes instead, in turn a photo (an image the
+motion models never train on, `vmoba.motion.synthetic.HELDOUT_IMAGES`), random dots and a drifting grating,
+grey, at 1 or 2 pixels per frame. ``--without-adapter`` generates the same prompts without the adapter: the share of clips that happen to
 move in the reference's direction is the chance level the adapter has to beat.
 """
 
@@ -40,6 +43,38 @@ def reference_clip(prompt: dict, direction: str, seed: int, frames: int, size: i
     return ground_truth_clip(shown, seed, frames, size), shown
 
 
+PATTERNS = ("photo", "dots", "grating")
+
+
+def reference_pattern(index: int, direction: str, seed: int, frames: int, size: int) -> tuple[np.ndarray, dict]:
+    """A grey clip that is not a shape moving in ``direction``, through H.264: pattern ``index % 3`` of
+    `PATTERNS` (a held-out photo, random dots, a grating of 10 pixels per cycle) at 1 or 2 pixels per frame;
+    and what it shows."""
+    import math
+    import tempfile
+
+    from vmoba.motion import synthetic
+    from vmoba.training.shapes import DIRECTIONS
+    from vmoba.video import read_video, write_video
+
+    dx, dy = DIRECTIONS[direction]
+    rng = np.random.default_rng([seed, index, list(DIRECTIONS).index(direction), 13])
+    kind, speed = PATTERNS[index % len(PATTERNS)], (1.0, 2.0)[(index // len(PATTERNS) + seed) % 2]
+    motion = synthetic.AffineMotion(dx * speed, dy * speed)
+    if kind == "photo":
+        image = synthetic.load_image(synthetic.HELDOUT_IMAGES[int(rng.integers(len(synthetic.HELDOUT_IMAGES)))])
+        clip, _ = synthetic.random_image_clip(rng, image, (size, size), frames, motion)
+    elif kind == "dots":
+        clip, _ = synthetic.dots_clip(rng, (size, size), frames, motion)
+    else:
+        clip, _ = synthetic.grating_clip((size, size), frames, direction=math.atan2(dy, dx), speed=speed,
+                                         phase=float(rng.uniform(0, 2 * math.pi)))
+    video = np.repeat((clip.clamp(0, 1).numpy() * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = read_video(write_video(Path(tmp) / "reference.mp4", video))
+    return video, {"pattern": kind, "speed": speed, "direction": direction}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder with its motion_adapter.safetensors (default: the "
@@ -51,6 +86,9 @@ def main(argv=None) -> int:
                              "the reported ones")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
     parser.add_argument("--guidance-scale", type=finite, default=5.0)
+    parser.add_argument("--references", choices=("shapes", "patterns"), default="shapes",
+                        help="shapes of another colour and shape than the prompt's (default), or patterns: photos, "
+                             "random dots and gratings")
     parser.add_argument("--without-adapter", action="store_true",
                         help="generate without the adapter (the chance level of following the reference)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (a quick look)")
@@ -79,10 +117,13 @@ def main(argv=None) -> int:
     prompts = [{"prompt": f"a {c} {s}", "color": c, "shape": s} for c in COLORS for s in SHAPES][: args.limit]
 
     rows, t0 = [], time.perf_counter()
-    for item in prompts:
+    for index, item in enumerate(prompts):
         for direction in DIRECTIONS:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                reference, shown = reference_clip(item, direction, seed, frames, size)
+                if args.references == "patterns":
+                    reference, shown = reference_pattern(index, direction, seed, frames, size)
+                else:
+                    reference, shown = reference_clip(item, direction, seed, frames, size)
                 start = time.perf_counter()
                 call = dict(height=size, width=size, num_frames=frames, num_inference_steps=args.steps,
                             guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(seed),
@@ -111,6 +152,13 @@ def main(argv=None) -> int:
                "seconds_per_clip": round((time.perf_counter() - t0) / len(rows), 2),
                "vmoba_mean_density": round(float(np.mean([d for p in processors.values() for d in p.densities])), 4)}
     table = []
+    if args.references == "patterns":
+        for pattern in PATTERNS:
+            subset = [r for r in rows if r["reference"]["pattern"] == pattern]
+            if subset:
+                table.append({"group": f"reference pattern={pattern}", "clips": len(subset),
+                              "follows": rate("direction_ok", subset), "correct": rate("correct", subset),
+                              "color": rate("color_ok", subset), "shape": rate("shape_ok", subset)})
     for key, values in (("direction", list(DIRECTIONS)), ("color", list(COLORS)), ("shape", list(SHAPES))):
         for value in values:
             subset = [r for r in rows if r[key] == value]
@@ -123,11 +171,13 @@ def main(argv=None) -> int:
                         ("follows", "moves as the reference", "{:.0%}"),
                         ("correct", "and colour and shape", "{:.0%}"),
                         ("color", "colour", "{:.0%}"), ("shape", "shape", "{:.0%}")])
-    mode = "without_adapter" if args.without_adapter else "adapter"
+    mode = ("without_adapter" if args.without_adapter else "adapter") + (
+        "_patterns" if args.references == "patterns" else "")
     print(f"\n{mode}: moves as the reference in {summary['follows_reference']:.1%} of {len(rows)} clips, and shows the "
           f"prompt's colour and shape too in {summary['correct']:.1%} (colour {summary['color_accuracy']:.1%}, "
           f"shape {summary['shape_accuracy']:.1%}); {summary['seconds_per_clip']} s per clip")
-    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter, "seeds": args.seeds,
+    settings = {"model": args.model or "embedded default", "adapter": not args.without_adapter,
+                "references": args.references, "seeds": args.seeds,
                 "first_seed": args.first_seed,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "size": size, "frames": frames,
                 "attention": "vmoba", "vmoba_config": defaults.vmoba_config.to_dict(),

@@ -118,6 +118,11 @@ class MotionAdapterSettings:
     # new: a fresh adapter (its projection at zero); pretrained: the one saved beside model.pretrained
     # (motion_adapter.safetensors), trained on from there; its settings, energy filters included, must be these
     start: str = "new"
+    # the fraction of clips whose caption names a direction that get, instead of their own motion, a synthetic
+    # reference (a photo, random dots or a grating) moving that way (vmoba.training.references)
+    synthetic_references: float = 0.0
+    synthetic_speed: list[float] = field(default_factory=lambda: [0.5, 3.0])  # pixels per frame, low and high
+    synthetic_per_direction: int = 64  # references rendered per direction when training starts
 
 
 @dataclass
@@ -406,6 +411,14 @@ def _check(c: TrainConfig) -> None:
         if f.foreground_weight:
             fail("flow.foreground_weight", "weighs the error against the data; motion_adapter.target: caption "
                  "matches the frozen model's prediction instead: remove it")
+    if not 0 <= ma.synthetic_references <= 1:
+        fail("motion_adapter.synthetic_references", f"must be in [0, 1], got {ma.synthetic_references}")
+    speed = ma.synthetic_speed
+    if (not isinstance(speed, list) or len(speed) != 2 or not all(isinstance(v, (int, float)) for v in speed)
+            or not 0 < speed[0] <= speed[1]):
+        fail("motion_adapter.synthetic_speed", f"must be [low, high] pixels per frame with 0 < low <= high, got "
+             f"{speed!r}")
+    positive("motion_adapter.synthetic_per_direction", ma.synthetic_per_direction)
     if not 0 <= ma.keep_words < 1:
         fail("motion_adapter.keep_words", f"must be in [0, 1), got {ma.keep_words}")
     if ma.keep_words and "motion_adapter" in m.train:

@@ -35,12 +35,19 @@ class Clip:
     # the whole caption, with the words `caption` lost: what the frozen teacher reads (motion_adapter.target:
     # caption) or what keep_words clips train on
     teacher_caption: str | None = None
+    # the direction its whole caption names, where a synthetic motion reference may stand in for the clip's
+    # own (motion_adapter.synthetic_references; vmoba.training.references)
+    reference_direction: str | None = None
 
-    def captions(self) -> dict[str, str]:
-        """The item fields of its captions: ``caption``, and ``teacher_caption`` when it has one."""
-        if self.teacher_caption is None:
-            return {"caption": self.caption}
-        return {"caption": self.caption, "teacher_caption": self.teacher_caption}
+    def fields(self) -> dict[str, str]:
+        """The item fields it adds to its video or latents: ``caption``, and ``teacher_caption`` and
+        ``reference_direction`` when it has them."""
+        out = {"caption": self.caption}
+        if self.teacher_caption is not None:
+            out["teacher_caption"] = self.teacher_caption
+        if self.reference_direction is not None:
+            out["reference_direction"] = self.reference_direction
+        return out
 
 
 def find_captions(root: Path, captions: str | None = None) -> Path:
@@ -185,7 +192,7 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
                 start = int(rng.integers(0, frames.shape[0] - self.num_frames + 1))
             x = torch.from_numpy(frames[start : start + self.num_frames]).permute(0, 3, 1, 2).float()
             video = (resize_crop(x, self.height, self.width) / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
-        return {"video": video, **clip.captions()}
+        return {"video": video, **clip.fields()}
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, np.random.default_rng(index))
@@ -214,7 +221,7 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def sample(self, index: int, rng=None) -> dict:
-        return {**self.items[index], **self.clips[index].captions()}
+        return {**self.items[index], **self.clips[index].fields()}
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index)
@@ -228,9 +235,10 @@ def drop_words(caption: str, words) -> str:
 
 
 def collate(items: list[dict]) -> dict:
+    """Tensors stacked, other fields as lists; a field some items lack (``reference_direction``) is None there."""
     out = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
+    for key in dict.fromkeys(key for item in items for key in item):
+        values = [item.get(key) for item in items]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
 

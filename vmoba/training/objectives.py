@@ -117,12 +117,18 @@ class FlowMatchingLoss(nn.Module):
     the caption with the words dropped and the reference's token. With a motion adapter, clips whose caption
     is dropped (``caption_dropout``) get no token either: the unconditional branch of classifier-free guidance
     has none (`MotionEnergyAdapter.conditioning`).
+
+    ``references``: a `vmoba.training.references.SyntheticReferences`; clips with a ``reference_direction``
+    may get a synthetic reference's energy in place of their own (`SyntheticReferences.mix`).
     """
 
     def __init__(self, transformer, text_encoder, vae, tokenizer, *, train_text_encoder: bool, max_sequence_length: int,
                  caption_dropout: float, flow, empty_embeds: torch.Tensor | None = None, motion_adapter=None,
-                 distill: bool = False, keep_words: float = 0.0):
+                 distill: bool = False, keep_words: float = 0.0, references=None):
         super().__init__()
+        if references is not None and motion_adapter is None:
+            raise ValueError("references stand in for the clips' own motion: they need motion_adapter")
+        self.references = references
         if distill and (motion_adapter is None or train_text_encoder or caption_dropout):
             raise ValueError("distill trains a motion adapter against the frozen model: it needs motion_adapter, a "
                              "frozen text encoder and no caption dropout")
@@ -183,6 +189,23 @@ class FlowMatchingLoss(nn.Module):
             captions = [t if w else c for c, t, w in zip(captions, batch["teacher_caption"], whole)]
         return self.encode(["" if d else c for c, d in zip(captions, drop)]), drop
 
+    def set_references(self, batch: dict, x0: torch.Tensor, generator: torch.Generator) -> None:
+        """Each clip's motion reference for the adapter: its own motion (cached energy, else its video's),
+        with `references` mixed in when set."""
+        adapter = self.motion_adapter
+        energy = batch.get("motion_energy")
+        if self.references is None:
+            if energy is not None:
+                adapter.set_reference_energy(energy)
+            else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
+                adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
+            return
+        if energy is None:
+            grid = [n // p for n, p in zip(x0.shape[2:], self.transformer.config.patch_size)]
+            energy = adapter.reference_energy((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2, grid)
+        directions = batch.get("reference_direction") or [None] * x0.shape[0]
+        adapter.set_reference_energy(self.references.mix(energy, directions, generator))
+
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x0 = self.latents(batch, generator)
         whole = [False] * x0.shape[0]
@@ -194,10 +217,7 @@ class FlowMatchingLoss(nn.Module):
                           logit_mean=f.logit_mean, logit_std=f.logit_std).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         if self.motion_adapter is not None:
-            if "motion_energy" in batch:
-                self.motion_adapter.set_reference_energy(batch["motion_energy"])
-            else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
-                self.motion_adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
+            self.set_references(batch, x0, generator)
         if not self.distill:
             untoken = [w or d for w, d in zip(whole, dropped)]  # the samples without a motion token
             tokens = contextlib.nullcontext()

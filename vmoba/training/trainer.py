@@ -42,10 +42,12 @@ from ..pipelines.loading import motion_adapter_file
 from ..video import to_uint8, write_video
 from .cache import empty_prompt_embeds, prepare_cache
 from .config import ConfigError, TrainConfig
-from .data import BatchOrder, CachedLatentDataset, VideoCaptionDataset, collate, drop_words, read_clips
+from .data import BatchOrder, CachedLatentDataset, DataError, VideoCaptionDataset, collate, drop_words, read_clips
 from .models import (build_motion_adapter, export_pipeline, load_pipeline, load_vae, max_sequence_length,
                      measure_latent_statistics, prepare_transformer, save_pretrained)
 from .objectives import AutoencoderLoss, FlowMatchingLoss
+from .references import SyntheticReferences, caption_direction
+from .shapes import DIRECTIONS
 from .state import (CHECKPOINT, EMA, RUN_MARKER, TrainingState, checkpoint_name, foreign_run_files, list_checkpoints,
                     mark_run, save_checkpoint, saved_identity)
 
@@ -370,10 +372,25 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype, preload: 
     # motion_adapter.keep_words -- some clips train on the whole caption
     distill = "motion_adapter" in config.model.train and config.motion_adapter.target == "caption"
     keep_words = config.motion_adapter.keep_words if "motion_adapter" in config.model.train else 0.0
+    references = None
     if "motion_adapter" in config.model.train:
+        ma = config.motion_adapter
         adapter = build_motion_adapter(config, pipe.transformer).to(device)
-        clips = [dataclasses.replace(c, caption=drop_words(c.caption, config.motion_adapter.drop_words),
-                                     teacher_caption=c.caption if distill or keep_words else None) for c in clips]
+        synthetic = ma.synthetic_references > 0
+        clips = [dataclasses.replace(c, caption=drop_words(c.caption, ma.drop_words),
+                                     teacher_caption=c.caption if distill or keep_words else None,
+                                     reference_direction=caption_direction(c.caption) if synthetic else None)
+                 for c in clips]
+        if synthetic:
+            if not any(c.reference_direction for c in clips):
+                raise DataError(f"{d.root}: motion_adapter.synthetic_references needs captions that name a "
+                                f"direction ({', '.join(DIRECTIONS)}); none does")
+            latent = ((d.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+                      d.height // pipe.vae_scale_factor_spatial, d.width // pipe.vae_scale_factor_spatial)
+            grid = tuple(n // p for n, p in zip(latent, pipe.transformer.config.patch_size))
+            references = SyntheticReferences.build(
+                adapter, grid, share=ma.synthetic_references, frames=d.num_frames, height=d.height, width=d.width,
+                speed=tuple(ma.synthetic_speed), per_direction=ma.synthetic_per_direction, seed=t.seed)
     _warn_unknown_words(pipe.tokenizer, clips)
     processors = prepare_transformer(config, pipe)
     train_te = "text_encoder" in config.model.train
@@ -397,7 +414,7 @@ def _build_task(config: TrainConfig, accelerator, clips, weight_dtype, preload: 
     module = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer, train_text_encoder=train_te,
                               max_sequence_length=msl, caption_dropout=d.caption_dropout, flow=config.flow,
                               empty_embeds=empty, motion_adapter=adapter,
-                              distill=distill, keep_words=keep_words)
+                              distill=distill, keep_words=keep_words, references=references)
     used = next(iter(processors.values())).config if processors else None
 
     kept_adapter = None if adapter is not None else _untrained_motion_adapter(config)
