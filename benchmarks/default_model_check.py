@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
 
 from vmoba.cli.arguments import finite, positive_int  # noqa: E402
+from vmoba.training.detector import MAX_ELONGATION  # noqa: E402
 
 MAX_AREA_CHANGE = 0.2  # largest frame-to-frame change of the shape's area that still counts as keeping its size
 
@@ -67,6 +68,8 @@ def judge(found, item: dict) -> dict:
             "shape_share": round(found.shape_share, 3), "velocity": found.velocity,
             "frame_colors": found.colors, "frame_shapes": found.shapes,
             "frame_areas": [round(a, 1) for a in areas],
+            # the stretch of each frame's shape (0 for the three shapes; over MAX_ELONGATION the frame is none)
+            "frame_elongations": [None if f.elongation is None else round(f.elongation, 3) for f in found.frames],
             "max_area_change": None if max_change is None else round(max_change, 4),
             "color_ok": color_ok, "shape_ok": shape_ok, "direction_ok": direction_ok,
             "correct": color_ok and shape_ok and direction_ok, "color_direction_ok": color_ok and direction_ok,
@@ -199,11 +202,15 @@ def main(argv=None) -> int:
         return sum(r[key] for r in subset) / len(subset)
 
     changes = [r["max_area_change"] for r in rows if r["max_area_change"] is not None]
+    elongations = [e for r in rows for e in r["frame_elongations"] if e is not None]
     summary = {"clips": len(rows), "accuracy": rate("correct"), "color_accuracy": rate("color_ok"),
                "shape_accuracy": rate("shape_ok"), "direction_accuracy": rate("direction_ok"),
                "color_direction_accuracy": rate("color_direction_ok"), "color_stable": rate("color_stable"),
                "size_stable": rate("size_stable"),
                "median_max_area_change": round(float(np.median(changes)), 4) if changes else None,
+               "frames_elongated": round(float(np.mean([e > MAX_ELONGATION for e in elongations])), 4)
+               if elongations else None,
+               "median_elongation": round(float(np.median(elongations)), 4) if elongations else None,
                "seconds_per_clip": round((time.perf_counter() - t0) / len(rows), 2)}
     if pipe is not None and processors:
         densities = [d for p in processors.values() for d in p.densities]

@@ -26,6 +26,8 @@ def test_default_model_check_scores_ground_truth_clips_perfectly(tmp_path):
                          check=True, capture_output=True, text=True, env=ENV)
     data = json.loads((tmp_path / "default_model_check_ground_truth.json").read_text())
     assert data["summary"]["clips"] == 12 and data["summary"]["accuracy"] == 1.0, res.stdout
+    # rendered circles, squares and triangles are not stretched: no frame is over the detector's limit
+    assert data["summary"]["frames_elongated"] == 0 and data["summary"]["median_elongation"] < 0.05
     assert "accuracy (color and direction match the prompt) 100.0%" in res.stdout
 
 
