@@ -55,3 +55,27 @@ def test_denoising_from_pure_noise_is_the_pipelines_own_generation():
     # from a low level only the last steps run, and the rendered clip's layout survives
     near = denoise_from(pipe, rendered, item["prompt"], 0.05, 4, 5.0, seed=2)
     assert np.abs(near.astype(int) - rendered.astype(int)).mean() < np.abs(ours.astype(int) - rendered.astype(int)).mean()
+
+
+def test_pattern_references_move_the_way_they_are_labelled():
+    # motion_reference_check.py --references patterns: a held-out photo, random dots and a grating, through H.264,
+    # each moving in its direction (read by brightness constancy, independent of how they were made)
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "tests" / "training"))
+    from motion_reference_check import reference_pattern
+    from test_references import _global_velocity
+
+    from vmoba.training.shapes import DIRECTIONS
+
+    seen = set()
+    for index in range(6):
+        for direction, (dx, dy) in DIRECTIONS.items():
+            video, shown = reference_pattern(index, direction, 0, 17, 64)
+            assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
+            v = _global_velocity(video.astype(np.float64).mean(-1))
+            axis = int(np.argmax(np.abs(v)))
+            assert axis == (0 if dx else 1) and np.sign(v[axis]) == (dx or dy), (shown, v)
+            seen.add((shown["pattern"], shown["speed"]))
+    assert seen == {(p, s) for p in ("photo", "dots", "grating") for s in (1.0, 2.0)}
