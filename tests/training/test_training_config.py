@@ -208,3 +208,27 @@ def test_learning_rate_schedule_in_closed_form():
     assert learning_rate(_training(max_steps=600), 450) < learning_rate(t, 450)
     with pytest.raises(ConfigError, match="training.lr_schedule_steps must be at least lr_warmup_steps"):
         _training(lr_schedule_steps=50)
+
+
+def test_fields_added_later_leave_a_runs_fingerprint_alone_at_their_default():
+    import dataclasses
+    import hashlib
+    import json
+
+    from vmoba.training.config import ADDED
+
+    c = config_from_dict(_with("motion_adapter", {"hidden": 16}))
+    # the fingerprint as it was before the added fields existed: the section without them
+    data = c.to_dict()
+    added = [f.name for f in dataclasses.fields(c.motion_adapter) if f.metadata.get(ADDED)]
+    assert "synthetic_references" in added
+    for name in added:
+        del data["motion_adapter"][name]
+    before = hashlib.sha256(json.dumps({s: data[s] for s in ("model", "motion_adapter")}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    assert c.fingerprint("model", "motion_adapter") == before
+    # set away from the default, an added field is part of the run's identity like any other
+    d = config_from_dict(_with("motion_adapter", {"hidden": 16, "synthetic_references": 0.5}))
+    assert d.fingerprint("model", "motion_adapter") != before
+    e = config_from_dict(_with("motion_adapter", {"hidden": 16, "synthetic_speed": [1.0, 2.0]}))
+    assert e.fingerprint("model", "motion_adapter") not in (before, d.fingerprint("model", "motion_adapter"))

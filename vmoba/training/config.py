@@ -75,6 +75,15 @@ class DataSettings:
     caption_dropout: float = 0.0  # fraction of captions replaced by "" (what classifier-free guidance needs)
 
 
+# dataclass field metadata: the field came after runs that resume and export today; at its default it leaves a
+# run's fingerprint as it was
+ADDED = "added"
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 @dataclass
 class FlowSettings:
     shift: float = 3.0  # as the scheduler's: s = shift * u / (1 + (shift - 1) * u)
@@ -120,9 +129,11 @@ class MotionAdapterSettings:
     start: str = "new"
     # the fraction of clips whose caption names a direction that get, instead of their own motion, a synthetic
     # reference (a photo, random dots or a grating) moving that way (vmoba.training.references)
-    synthetic_references: float = 0.0
-    synthetic_speed: list[float] = field(default_factory=lambda: [0.5, 3.0])  # pixels per frame, low and high
-    synthetic_per_direction: int = 64  # references rendered per direction when training starts
+    synthetic_references: float = field(default=0.0, metadata={ADDED: True})
+    # pixels per frame, low and high
+    synthetic_speed: list[float] = field(default_factory=lambda: [0.5, 3.0], metadata={ADDED: True})
+    # references rendered per direction when training starts
+    synthetic_per_direction: int = field(default=64, metadata={ADDED: True})
 
 
 @dataclass
@@ -195,8 +206,16 @@ class TrainConfig:
         return {"config_file": Path(self.source).name, **record.to_dict()}
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections: what a resumed run must share with the one it continues."""
+        """A short hash of the named sections: what a resumed run must share with the one it continues. Fields
+        marked ``ADDED`` count only when set away from their default (the behaviour from before they existed),
+        so a run started before a field existed still resumes and exports."""
         data = self.to_dict()
+        for s in sections:
+            section = getattr(self, s)
+            if dataclasses.is_dataclass(section):
+                for f in dataclasses.fields(section):
+                    if f.metadata.get(ADDED) and getattr(section, f.name) == _default(f):
+                        del data[s][f.name]
         blob = json.dumps({s: data[s] for s in sections}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
