@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a pipeline folder (default: the embedded default model)")
     parser.add_argument("--seeds", type=positive_int, default=2, help="clips per prompt (seeds 0..N-1)")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
-    parser.add_argument("--guidance-scale", type=finite, default=5.0)
+    parser.add_argument("--guidance-scale", type=finite, default=None,
+                        help="classifier-free guidance (default: the model's own, as vmoba generate)")
     parser.add_argument("--attention", choices=["vmoba", "dense"], default="vmoba")
     parser.add_argument("--ground-truth", action="store_true", help="measure the detector on rendered clips")
     parser.add_argument("--autoencoder", action="store_true",
@@ -176,6 +177,8 @@ def main(argv=None) -> int:
             print("note: the default model has random weights; expect chance-level accuracy", file=sys.stderr)
         pipe.set_progress_bar_config(disable=True)
         processors = vmoba.enable(pipe, DEFAULT_VMOBA_CONFIG) if args.attention == "vmoba" else {}
+        if args.guidance_scale is None:
+            args.guidance_scale = pipe.config.default_guidance_scale
 
     rows, t0 = [], time.perf_counter()
     for item in prompts:

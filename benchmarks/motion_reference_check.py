@@ -85,7 +85,8 @@ def main(argv=None) -> int:
                         help="first seed (of the references and the generation): settings chosen on other seeds than "
                              "the reported ones")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
-    parser.add_argument("--guidance-scale", type=finite, default=5.0)
+    parser.add_argument("--guidance-scale", type=finite, default=None,
+                        help="classifier-free guidance (default: the model's own, as vmoba generate)")
     parser.add_argument("--references", choices=("shapes", "patterns"), default="shapes",
                         help="shapes of another colour and shape than the prompt's (default), or patterns: photos, "
                              "random dots and gratings")
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         parser.error(f"--model {args.model}: {exc}" if args.model else str(exc))
     defaults = pipe.vmoba_defaults
+    if args.guidance_scale is None:
+        args.guidance_scale = defaults.guidance_scale
     size, frames = defaults.height, defaults.num_frames
     pipe.set_progress_bar_config(disable=True)
     processors = vmoba.enable(pipe, defaults.vmoba_config)

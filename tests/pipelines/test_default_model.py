@@ -1,6 +1,6 @@
 """The trained default model shipped in the package: it loads offline and draws what the prompt says.
 
-Clips are generated exactly as `vmoba generate` makes them (VMoBA attention, 20 steps, guidance 5, seed 0)
+Clips are generated exactly as `vmoba generate` makes them (VMoBA attention, 20 steps, the model's own guidance, seed 0)
 and read by the dataset's detector (`vmoba.training.shapes.detect_clip`), which is itself checked against
 rendered clips in tests/test_data_shapes.py.
 """
@@ -42,7 +42,7 @@ def test_shipped_model_draws_the_prompted_color_and_direction(pipe):
     try:
         found = []
         for color, shape, direction in PROMPTS:
-            video = pipe(f"a {color} {shape} moves {direction}", num_inference_steps=20, guidance_scale=5.0,
+            video = pipe(f"a {color} {shape} moves {direction}", num_inference_steps=20,
                          generator=torch.Generator().manual_seed(0), output_type="np", **DEFAULT_SIZE).frames[0]
             assert video.shape == (17, 64, 64, 3) and np.isfinite(video).all()
             detection = detect_clip(video)
@@ -71,7 +71,7 @@ def test_shipped_motion_adapter_steers_a_prompt_without_a_direction(pipe):
             colors = list(COLORS)
             other = (colors[(colors.index(color) + 1) % len(colors)], SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)])
             reference = render_clip(prompted_spec(*other, direction, seed=i))  # (17, 64, 64, 3) uint8
-            call = dict(num_inference_steps=20, guidance_scale=5.0, output_type="np", **DEFAULT_SIZE)
+            call = dict(num_inference_steps=20, output_type="np", **DEFAULT_SIZE)
             with adapter.conditioning(pipe, torch.from_numpy(reference).permute(0, 3, 1, 2).float() / 255):
                 video = pipe(f"a {color} {shape}", generator=torch.Generator().manual_seed(0), **call).frames[0]
             follows.append(detect_clip(video).direction == direction)
@@ -112,9 +112,33 @@ def test_shipped_motion_adapter_follows_references_that_are_not_shapes(pipe):
                 reference = clip[:, None].expand(-1, 3, -1, -1)  # (T, 3, H, W) in [0, 1]
                 with adapter.conditioning(pipe, reference):
                     video = pipe(prompt, generator=torch.Generator().manual_seed(0), num_inference_steps=20,
-                                 guidance_scale=5.0, output_type="np", **DEFAULT_SIZE).frames[0]
+                                 output_type="np", **DEFAULT_SIZE).frames[0]
                 follows.append((kind, direction, detect_clip(video).direction == direction))
     finally:
         vmoba.disable(pipe)
     # at most one of the eight may miss
     assert sum(ok for *_, ok in follows) >= 7, follows
+
+
+def test_the_model_samples_at_its_own_guidance_when_a_call_gives_none(pipe, tmp_path):
+    """The shipped folder records its guidance (2: at diffusers' 5 the shapes are squashed along their motion);
+    a call without guidance_scale uses it, pipe.vmoba_defaults reports it, and a folder without it keeps 5."""
+    from vmoba.pipelines import load_pipeline
+    from vmoba.pipelines.default import DEFAULT_GUIDANCE_SCALE, build_default_pipeline
+
+    assert pipe.config.default_guidance_scale == DEFAULT_GUIDANCE_SCALE == 2.0
+    assert load_pipeline().vmoba_defaults.guidance_scale == 2.0
+    call = dict(num_inference_steps=2, output_type="latent", num_frames=5, height=32, width=32)
+    own = pipe("a red circle moves right", generator=torch.Generator().manual_seed(0), **call).frames
+    two = pipe("a red circle moves right", guidance_scale=2.0, generator=torch.Generator().manual_seed(0), **call).frames
+    five = pipe("a red circle moves right", guidance_scale=5.0, generator=torch.Generator().manual_seed(0), **call).frames
+    assert torch.equal(own, two) and not torch.allclose(own, five)
+    # a pipeline folder saved before the field existed samples at diffusers' 5, as it did
+    import json
+
+    build_default_pipeline(seed=0).save_pretrained(tmp_path / "old")
+    index = json.loads((tmp_path / "old" / "model_index.json").read_text())
+    assert index.pop("default_guidance_scale") == 2.0
+    (tmp_path / "old" / "model_index.json").write_text(json.dumps(index))
+    old = load_pipeline(tmp_path / "old")
+    assert old.config.default_guidance_scale == 5.0 and old.vmoba_defaults.guidance_scale == 5.0

@@ -74,7 +74,8 @@ def _add_generate(sub) -> None:
     gen.add_argument("--width", type=positive_int,
                      help="frame width, a multiple of the model's spatial factor and of 16 (default: the model's)")
     gen.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
-    gen.add_argument("--guidance-scale", type=finite, default=5.0, help="classifier-free guidance (default 5)")
+    gen.add_argument("--guidance-scale", type=finite, default=None,
+                     help="classifier-free guidance (default: the model's own; 2 for the embedded model, 5 for others)")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--seed", type=natural_int, default=0)
     gen.add_argument("--threshold", type=fraction,

@@ -34,6 +34,7 @@ class PipelineDefaults:
     height: int | None = None  # the model's own video size (None: the pipeline decides)
     width: int | None = None
     num_frames: int | None = None
+    guidance_scale: float | None = None  # the model's own classifier-free guidance (None: the pipeline decides)
     source: str = "VMoBAConfig() defaults"  # where these came from, for messages
 
 
@@ -93,12 +94,13 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _call_defaults(pipe) -> dict[str, int | None]:
-    """The video size a pipeline samples at when given none."""
+def _call_defaults(pipe) -> dict[str, int | float | None]:
+    """The video size and guidance a pipeline samples with when given none."""
+    names = ("height", "width", "num_frames", "guidance_scale")
     if isinstance(pipe, VMoBAWanPipeline):
-        return {name: pipe.config[f"default_{name}"] for name in ("height", "width", "num_frames")}
+        return {name: pipe.config[f"default_{name}"] for name in names}
     parameters = inspect.signature(type(pipe).__call__).parameters
-    return {name: parameters[name].default if name in parameters else None for name in ("height", "width", "num_frames")}
+    return {name: parameters[name].default if name in parameters else None for name in names}
 
 
 def trained_defaults(folder: Path, pipe) -> PipelineDefaults:
@@ -118,7 +120,7 @@ def trained_defaults(folder: Path, pipe) -> PipelineDefaults:
     attention_config = VMoBAConfig.from_dict(resolved) if isinstance(resolved, dict) else vmoba_config(config)
     size = _call_defaults(pipe)
     if config.task == "text_to_video":
-        size = {"height": config.data.height, "width": config.data.width, "num_frames": config.data.num_frames}
+        size = {**size, "height": config.data.height, "width": config.data.width, "num_frames": config.data.num_frames}
     return PipelineDefaults(attention=config.attention.mode, vmoba_config=attention_config,
                             threads=config.training.threads, source=str(path), **size)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ...pipelines.default import DEFAULT_GUIDANCE_SCALE
 from ..files import OutputFolder
 from ..generation import VideoRequest
 from ..limits import Limits, whole
@@ -78,7 +79,7 @@ def build(outputs: OutputFolder, limits: Limits, registry: ModelRegistry) -> Non
     @user_errors
     def on_follow(video_, frames_, prompt_, steps_, seed_, progress=gr.Progress()):
         clip = load_clip(video_, limits, frames=whole(frames_))
-        request = VideoRequest.checked(prompt_, 17, 64, 64, steps_, 5.0, seed_, limits)
+        request = VideoRequest.checked(prompt_, 17, 64, 64, steps_, DEFAULT_GUIDANCE_SCALE, seed_, limits)
         result = generate_with_motion(registry.load(DEFAULT_MODEL), clip, request,
                                       on_step=progress_callback(progress, "denoising step"))
         return (save_video(outputs, result.frames, fps=8, scale=4),

@@ -12,6 +12,7 @@ from ..files import OutputFolder
 from ..generation import ATTENTION, VideoRequest, compare, generate
 from ..limits import Limits
 from ..media import save_video, under_label, upscale
+from ...pipelines.default import DEFAULT_GUIDANCE_SCALE
 from ..models import DEFAULT_MODEL, ModelRegistry
 from .common import COMPUTE, VIEW, RecentResults, VMoBAKnobs, progress_callback, user_errors
 
@@ -21,8 +22,9 @@ HEADS_ALL = "all heads"
 NOTE = """
 **What to expect.** The embedded default is a tiny Wan-architecture model trained here on clips of coloured
 shapes ("a red circle moves right"): it knows colours and four directions and draws both right in all 96
-clips of its check, keeping the colour in every frame, but the shape is right in only 5% (circles and squares
-come out as one rounded blob). Its transformer sees only
+clips of its check, keeping the colour in every frame and the size in 95% of them at its guidance of 2 (at 5
+its shapes are squashed along their motion), but the shape is right in only 10% (circles and squares come out
+as one blob). Its transformer sees only
 5 x 8 x 8 = 320 tokens, so **sparse attention cannot be faster than dense on it**: choosing blocks costs more
 than the attention it saves, and the time ratio of a compare run says so. VMoBA pays off at tens of thousands of
 tokens (see the *Attention speed* tab and the benchmarks). Criss-cross attention replaces the model's full
@@ -56,7 +58,8 @@ def build(registry: ModelRegistry, outputs: OutputFolder, limits: Limits, result
                 height = gr.Slider(limits.min_side, limits.max_side, value=64, step=16, label="height")
                 width = gr.Slider(limits.min_side, limits.max_side, value=64, step=16, label="width")
             with gr.Row():
-                guidance = gr.Slider(0, limits.max_guidance, value=5.0, step=0.5, label="guidance scale")
+                guidance = gr.Slider(0, limits.max_guidance, value=DEFAULT_GUIDANCE_SCALE, step=0.5,
+                                     label="guidance scale")
                 seed = gr.Number(value=0, precision=0, label="seed")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
