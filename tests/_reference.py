@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 
 EPS = 1e-6
@@ -209,3 +210,16 @@ def naive_criss_cross(q, k, v, grid, *, text_len=0, text_first=True, text_mask=N
             rows.append(torch.stack(heads, 1))
         values = torch.stack(rows)
     return values
+
+
+def global_velocity(clip: np.ndarray) -> np.ndarray:
+    """Least-squares translation ``(vx, vy)`` of a grey clip ``(T, H, W)`` from brightness constancy,
+    ``I_t = -v . grad I`` over every pixel (central differences; the minimum-norm solution: for a grating, its
+    velocity normal to the stripes)."""
+    c = clip.astype(np.float64)
+    it = (c[2:] - c[:-2])[:, 1:-1, 1:-1] / 2
+    mid = c[1:-1]
+    ix = (mid[:, 1:-1, 2:] - mid[:, 1:-1, :-2]) / 2
+    iy = (mid[:, 2:, 1:-1] - mid[:, :-2, 1:-1]) / 2
+    a = np.stack([ix.ravel(), iy.ravel()], axis=1)
+    return -np.linalg.pinv(a) @ it.ravel()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from _reference import global_velocity
 from vmoba.training import config_from_dict
 from vmoba.training.config import ConfigError
 from vmoba.training.references import KINDS, SyntheticReferences, caption_direction, render_reference
@@ -18,18 +19,6 @@ def test_caption_direction_reads_one_direction_word():
     assert caption_direction("a leftover box") is None  # whole words only
 
 
-def _global_velocity(clip: np.ndarray) -> np.ndarray:
-    """Least-squares translation of a clip from brightness constancy, I_t = -v . grad I over every pixel
-    (the minimum-norm solution: for a grating, its velocity normal to the stripes)."""
-    c = clip.astype(np.float64)
-    it = (c[2:] - c[:-2])[:, 1:-1, 1:-1] / 2
-    mid = c[1:-1]
-    ix = (mid[:, 1:-1, 2:] - mid[:, 1:-1, :-2]) / 2
-    iy = (mid[:, 2:, 1:-1] - mid[:, :-2, 1:-1]) / 2
-    a = np.stack([ix.ravel(), iy.ravel()], axis=1)
-    return -np.linalg.pinv(a) @ it.ravel()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_references_move_toward_their_direction(kind):
     rng = np.random.default_rng(3)
@@ -37,11 +26,11 @@ def test_references_move_toward_their_direction(kind):
         for _ in range(3):
             clip = render_reference(rng, direction, frames=9, height=32, width=32, speed=(0.5, 1.0), kind=kind)
             assert clip.shape == (9, 32, 32) and 0 <= clip.min() and clip.max() <= 1
-            v = _global_velocity(clip.numpy())
+            v = global_velocity(clip.numpy())
             axis = int(np.argmax(np.abs(v)))
             assert axis == (0 if dx else 1), f"{kind} {direction}: velocity {v}"
             assert np.sign(v[axis]) == (dx or dy), f"{kind} {direction}: velocity {v}"
-    with pytest.raises(ValueError, match="reference kind must be one of image, dots, grating"):
+    with pytest.raises(ValueError, match="pattern kind must be one of image, dots, grating"):
         render_reference(rng, "left", frames=9, height=32, width=32, speed=(1, 1), kind="noise")
 
 

@@ -63,9 +63,8 @@ def test_pattern_references_move_the_way_they_are_labelled():
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    sys.path.insert(0, str(ROOT / "tests" / "training"))
+    from _reference import global_velocity
     from motion_reference_check import reference_pattern
-    from test_references import _global_velocity
 
     from vmoba.training.shapes import DIRECTIONS
 
@@ -74,7 +73,7 @@ def test_pattern_references_move_the_way_they_are_labelled():
         for direction, (dx, dy) in DIRECTIONS.items():
             video, shown = reference_pattern(index, direction, 0, 17, 64)
             assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
-            v = _global_velocity(video.astype(np.float64).mean(-1))
+            v = global_velocity(video.astype(np.float64).mean(-1))
             axis = int(np.argmax(np.abs(v)))
             assert axis == (0 if dx else 1) and np.sign(v[axis]) == (dx or dy), (shown, v)
             seen.add((shown["pattern"], shown["speed"]))

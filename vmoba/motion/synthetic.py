@@ -261,6 +261,25 @@ def random_velocity(rng: np.random.Generator, max_speed: float) -> tuple[float, 
     return float(speed * math.cos(angle)), float(speed * math.sin(angle))
 
 
+PATTERNS = ("image", "dots", "grating")
+
+
+def random_pattern(rng: np.random.Generator, kind: str, size: tuple[int, int], num_frames: int, motion: AffineMotion,
+                   images: tuple[str, ...] = TRAIN_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clip of ``kind`` (`PATTERNS`) under ``motion``, its appearance drawn from ``rng``: a crop of one of
+    ``images``, random dots of random density, size and contrast, or a grating or plaid (which ignores rotation
+    and zoom: it drifts with the translation). Frames and flow as `dots_clip` gives them."""
+    if kind == "image":
+        image = load_image(images[int(rng.integers(len(images)))])
+        return random_image_clip(rng, image, size, num_frames, motion)
+    if kind == "dots":
+        return dots_clip(rng, size, num_frames, motion, density=float(rng.uniform(0.01, 0.08)),
+                         dot_sigma=float(rng.uniform(0.6, 1.6)), contrast=float(rng.uniform(0.15, 0.5)))
+    if kind == "grating":
+        return random_plaid(rng, size, num_frames, (motion.vx, motion.vy), int(rng.integers(1, 3)))
+    raise ValueError(f"pattern kind must be one of {', '.join(PATTERNS)}, got {kind!r}")
+
+
 def random_clip(
     rng: np.random.Generator,
     size: tuple[int, int],
@@ -274,14 +293,8 @@ def random_clip(
     affine = rng.uniform() < 0.5
     motion = AffineMotion(vx, vy, float(rng.uniform(-0.04, 0.04)) if affine else 0.0,
                           float(rng.uniform(-0.04, 0.04)) if affine else 0.0)
-    if kind < 0.6:
-        image = load_image(images[int(rng.integers(len(images)))])
-        frames, flow = random_image_clip(rng, image, size, num_frames, motion)
-    elif kind < 0.8:
-        frames, flow = dots_clip(rng, size, num_frames, motion, density=float(rng.uniform(0.01, 0.08)),
-                                 dot_sigma=float(rng.uniform(0.6, 1.6)), contrast=float(rng.uniform(0.15, 0.5)))
-    else:
-        frames, flow = random_plaid(rng, size, num_frames, (vx, vy), int(rng.integers(1, 3)))
+    kind = "image" if kind < 0.6 else "dots" if kind < 0.8 else "grating"
+    frames, flow = random_pattern(rng, kind, size, num_frames, motion, images)
     gain = float(rng.uniform(0.3, 1.0))
     frames = 0.5 + gain * (frames - 0.5) + float(rng.uniform(-0.15, 0.15))
     noise = float(rng.uniform(0, 0.02))

@@ -21,7 +21,7 @@ import torch
 from ..motion import synthetic
 from .shapes import DIRECTIONS
 
-KINDS = ("image", "dots", "grating")
+KINDS = synthetic.PATTERNS
 HEADING_JITTER = math.radians(15)  # the heading's spread around the named axis
 
 
@@ -41,17 +41,7 @@ def render_reference(rng: np.random.Generator, direction: str, *, frames: int, h
     v = float(rng.uniform(*speed))
     motion = synthetic.AffineMotion(v * math.cos(heading), v * math.sin(heading))
     kind = kind or KINDS[int(rng.integers(len(KINDS)))]
-    size = (height, width)
-    if kind == "image":
-        image = synthetic.load_image(synthetic.TRAIN_IMAGES[int(rng.integers(len(synthetic.TRAIN_IMAGES)))])
-        clip, _ = synthetic.random_image_clip(rng, image, size, frames, motion)
-    elif kind == "dots":
-        clip, _ = synthetic.dots_clip(rng, size, frames, motion, density=float(rng.uniform(0.01, 0.08)),
-                                      dot_sigma=float(rng.uniform(0.6, 1.6)), contrast=float(rng.uniform(0.15, 0.5)))
-    elif kind == "grating":
-        clip, _ = synthetic.random_plaid(rng, size, frames, (motion.vx, motion.vy), int(rng.integers(1, 3)))
-    else:
-        raise ValueError(f"reference kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    clip, _ = synthetic.random_pattern(rng, kind, (height, width), frames, motion)
     gain = float(rng.uniform(0.4, 1.0))
     return (0.5 + gain * (clip - 0.5) + float(rng.uniform(-0.1, 0.1))).clamp(0, 1)
 
