@@ -75,8 +75,8 @@ def _generate(pipe, args: argparse.Namespace, sizes: dict, mode: str, config,
         with motion:
             generator = torch.Generator(device="cpu").manual_seed(args.seed)
             t0 = time.perf_counter()
-            guidance = args.guidance_scale if args.guidance_scale is not None else pipe.vmoba_defaults.guidance_scale
-            call = {} if guidance is None else {"guidance_scale": guidance}
+            # no --guidance-scale: the pipeline's own default (the embedded model records 2)
+            call = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
             frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                           generator=generator, output_type="np", **call, **sizes).frames[0]
             seconds = time.perf_counter() - t0

@@ -88,9 +88,10 @@ class VMoBAWanPipeline(WanPipeline):
         given = _WAN_CALL.bind_partial(self, *args, **kwargs).arguments
         # diffusers takes these unchecked and fails deep inside (or loops zero times and decodes noise)
         integer("num_inference_steps", given.get("num_inference_steps", 50), min=1)
-        if given.get("guidance_scale") is None:
-            kwargs["guidance_scale"] = self.config.default_guidance_scale
-        real("guidance_scale", kwargs.get("guidance_scale", given.get("guidance_scale")))
+        guidance = given.get("guidance_scale")
+        if guidance is None:
+            guidance = kwargs["guidance_scale"] = self.config.default_guidance_scale
+        real("guidance_scale", guidance)
         for name in ("height", "width", "num_frames"):
             if given.get(name) is not None:
                 integer(name, given[name], min=1)

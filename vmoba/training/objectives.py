@@ -194,17 +194,17 @@ class FlowMatchingLoss(nn.Module):
         with `references` mixed in when set."""
         adapter = self.motion_adapter
         energy = batch.get("motion_energy")
-        if self.references is None:
-            if energy is not None:
-                adapter.set_reference_energy(energy)
-            else:  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
-                adapter.set_reference((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2)
-            return
         if energy is None:
+            frames = (batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2  # (B, T, 3, H, W) in [0, 1]
+            if self.references is None:
+                adapter.set_reference(frames)
+                return
             grid = [n // p for n, p in zip(x0.shape[2:], self.transformer.config.patch_size)]
-            energy = adapter.reference_energy((batch["video"].permute(0, 2, 1, 3, 4).float() + 1) / 2, grid)
-        directions = batch.get("reference_direction") or [None] * x0.shape[0]
-        adapter.set_reference_energy(self.references.mix(energy, directions, generator))
+            energy = adapter.reference_energy(frames, grid)
+        if self.references is not None:
+            directions = batch.get("reference_direction") or [None] * x0.shape[0]
+            energy = self.references.mix(energy, directions, generator)
+        adapter.set_reference_energy(energy)
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x0 = self.latents(batch, generator)

@@ -7,12 +7,12 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from ...pipelines.default import DEFAULT_GUIDANCE_SCALE
 from .. import attention_view
 from ..files import OutputFolder
 from ..generation import ATTENTION, VideoRequest, compare, generate
 from ..limits import Limits
 from ..media import save_video, under_label, upscale
-from ...pipelines.default import DEFAULT_GUIDANCE_SCALE
 from ..models import DEFAULT_MODEL, ModelRegistry
 from .common import COMPUTE, VIEW, RecentResults, VMoBAKnobs, progress_callback, user_errors
 
