@@ -137,6 +137,107 @@ def test_foreground_weight_makes_the_velocity_error_a_weighted_mean():
     assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
+def _gaussian_blur_loop(frame: np.ndarray, std: float) -> np.ndarray:
+    """A 2-D Gaussian blur of ``frame`` (H, W) in float64, pixel by pixel: the weighted mean over the frame's
+    positions with weights ``exp(-d^2 / (2 std^2))``, ``d`` the distance between the two positions."""
+    h, w = frame.shape
+    out = np.zeros_like(frame, dtype=np.float64)
+    for i in range(h):
+        for k in range(w):
+            weights = np.array([[np.exp(-((i - j) ** 2 + (k - m) ** 2) / (2 * std ** 2)) for m in range(w)]
+                                for j in range(h)])
+            out[i, k] = (weights * frame).sum() / weights.sum()
+    return out
+
+
+def test_blurred_latents_against_a_gaussian_blur_loop_in_float64():
+    from vmoba.training.objectives import blurred_latents
+
+    x0 = torch.randn(2, 3, 2, 6, 7, generator=torch.Generator().manual_seed(11))
+    stds = torch.tensor([0.7, 1.9])
+    blurred = blurred_latents(x0, stds)
+    assert blurred.shape == x0.shape
+    for b in range(2):
+        for c in range(3):
+            for t in range(2):
+                expected = _gaussian_blur_loop(x0[b, c, t].double().numpy(), stds[b].item())
+                np.testing.assert_allclose(blurred[b, c, t].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # a std of 0 leaves the latents as they are; a constant frame stays constant up to the border
+    torch.testing.assert_close(blurred_latents(x0, torch.zeros(2)), x0, rtol=0, atol=0)
+    plain = torch.full((1, 2, 1, 8, 8), -0.4)
+    torch.testing.assert_close(blurred_latents(plain, torch.tensor([2.5])), plain, rtol=0, atol=1e-6)
+
+
+def test_a_blurred_source_keeps_the_unblurred_latents_as_what_the_velocity_leads_to():
+    from vmoba.training.objectives import velocity_error
+
+    seen = {}
+
+    class Fixed(torch.nn.Module):
+        dtype = torch.float32
+
+        def __init__(self, prediction):
+            super().__init__()
+            self.prediction = prediction
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict):
+            seen["noisy"] = hidden_states
+            return (self.prediction,)
+
+    g = torch.Generator().manual_seed(12)
+    x0, source, noise, prediction = (torch.randn(2, 4, 2, 5, 5, generator=g) for _ in range(4))
+    sigmas, context = torch.tensor([0.25, 0.9]), torch.zeros(2, 3, 8)
+    error = velocity_error(Fixed(prediction), x0, context, sigmas, noise, source=source)
+    s = sigmas.double().view(-1, 1, 1, 1, 1)
+    noisy = (1 - s) * source.double() + s * noise.double()
+    torch.testing.assert_close(seen["noisy"].double(), noisy, rtol=1e-6, atol=1e-6)
+    target = (noisy - x0.double()) / s  # x_s - s * target == x0
+    assert error.item() == pytest.approx(((prediction.double() - target) ** 2).mean().item(), rel=1e-6)
+    # without a source it is the plain rectified-flow error
+    plain = velocity_error(Fixed(prediction), x0, context, sigmas, noise)
+    assert plain.item() == pytest.approx(((prediction.double() - (noise - x0).double()) ** 2).mean().item(), rel=1e-6)
+
+
+def test_flow_input_blur_noises_blurred_latents_and_targets_the_sharp_ones():
+    pipe = build_default_pipeline(seed=2)
+    seen = {}
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    # a bright square on a plain background: blurring changes it
+    x0 = torch.zeros(2, 16, 2, 8, 8)
+    x0[..., 2:5, 3:6] = 2.0
+    mean, std = (t.view(1, -1, 1, 1, 1) for t in (torch.tensor(pipe.vae.config.latents_mean),
+                                                     torch.tensor(pipe.vae.config.latents_std)))
+    batch = {"latent_mean": x0 * std + mean, "latent_logvar": torch.full_like(x0, -200.0),
+             "caption": ["a red square moves up"] * 2}
+    noisy, losses = {}, {}
+    for strength in (0.0, 3.0):
+        loss_fn = FlowMatchingLoss(pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer,
+                                   train_text_encoder=False, max_sequence_length=16, caption_dropout=0.0,
+                                   flow=FlowSettings(shift=3.0, posterior="mean", input_blur=strength))
+        with torch.no_grad():
+            losses[strength] = loss_fn(batch, torch.Generator().manual_seed(7))  # blurs of about 1 latent pixel
+            noisy[strength] = seen["hidden_states"].double()
+            s = seen["timestep"].double().view(-1, 1, 1, 1, 1) / 1000
+            prediction = pipe.transformer(**{**seen, "return_dict": False})[0].double()
+        target = (noisy[strength] - x0.double()) / s  # leads back to the sharp latents from either input
+        assert losses[strength].item() == pytest.approx(((prediction - target) ** 2).mean().item(), rel=1e-4)
+    # the same noise and levels; the blurred run's input differs by (1 - s) (blur(x0) - x0), a Gaussian blur of
+    # at most 3 s latent pixels
+    from vmoba.training.objectives import blurred_latents
+
+    difference = (noisy[3.0] - noisy[0.0]) / (1 - s)
+    for b in range(2):
+        def mismatch(c):
+            return (blurred_latents(x0[b:b + 1], c.view(1)).double() - x0[b:b + 1] - difference[b:b + 1]).abs().max()
+
+        candidates = torch.linspace(0, 3.0 * s[b].item(), 301)
+        best = candidates[int(np.argmin([mismatch(c) for c in candidates]))]
+        step = candidates[1] - candidates[0]
+        candidates = torch.linspace(max(best - step, 0), best + step, 401)  # a finer look around the best
+        errors = [mismatch(c) for c in candidates]
+        assert min(errors) < 1e-4 and candidates[int(np.argmin(errors))] > 0.3
+
+
 def test_posterior_mean_latents_ignore_the_posterior_spread():
     pipe = build_default_pipeline(seed=2)
     x0 = torch.randn(2, 16, 2, 8, 8)

@@ -59,6 +59,7 @@ def test_minimal_config_and_defaults():
     ("flow.timestep_sampling", "beta", "flow.timestep_sampling must be one of uniform, logit_normal"),
     ("flow.posterior", "mode", "flow.posterior must be one of sample, mean"),
     ("flow.foreground_weight", -1.0, "flow.foreground_weight must be >= 0"),
+    ("flow.input_blur", -0.5, "flow.input_blur must be >= 0"),
     ("autoencoder.mid_attention", "off", "autoencoder.mid_attention must be one of train, identity"),
     ("autoencoder.sample_posterior", "no", "autoencoder.sample_posterior must be true or false"),
     ("data", ["root"], "data must be a mapping"),
@@ -108,6 +109,14 @@ def test_combinations_that_cannot_run():
         config_from_dict({**_with("data.cache_dir", "cache"), "task": "autoencoder"})
     with pytest.raises(ConfigError, match="training.sequence_parallel splits the transformer's sequence"):
         config_from_dict({**_with("training.sequence_parallel", 2), "task": "autoencoder"})
+    for field, value in (("foreground_weight", 4.0), ("input_blur", 2.0)):
+        distilled = _with("motion_adapter", {"target": "caption", "drop_words": ["left"]})
+        distilled["model"] = {"train": ["motion_adapter"]}
+        distilled["data"]["caption_dropout"] = 0.0
+        config_from_dict(distilled)
+        distilled["flow"] = {field: value}
+        with pytest.raises(ConfigError, match=f"flow.{field} .*motion_adapter.target: caption"):
+            config_from_dict(distilled)
     odd_unified = _with("training.sequence_parallel", 3)
     odd_unified["training"]["sequence_parallel_layout"] = "unified"
     with pytest.raises(ConfigError, match="training.sequence_parallel must be even"):

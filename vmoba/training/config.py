@@ -94,6 +94,11 @@ class FlowSettings:
     # > 0: latent positions that stand out from their frame's median latent (a small subject on a plain
     # background) weigh up to 1 + foreground_weight in the loss (objectives.foreground_weights)
     foreground_weight: float = 0.0
+    # > 0: each clip's noisy latents are made from its latents blurred over height and width by a Gaussian of
+    # u * input_blur * s latent pixels (u uniform in [0, 1), s the noise level), the target still leads to the
+    # unblurred latents: the model learns to draw the outline the caption asks for into a vague blob, which is
+    # what it meets when sampling (objectives.velocity_error)
+    input_blur: float = 0.0
 
 
 @dataclass
@@ -399,6 +404,7 @@ def _check(c: TrainConfig) -> None:
     positive("flow.logit_std", f.logit_std)
     choice("flow.posterior", f.posterior, ("sample", "mean"))
     positive("flow.foreground_weight", f.foreground_weight, zero=True)
+    positive("flow.input_blur", f.input_blur, zero=True)
     a = c.autoencoder
     choice("autoencoder.reconstruction", a.reconstruction, ("l1", "mse"))
     choice("autoencoder.mid_attention", a.mid_attention, ("train", "identity"))
@@ -430,6 +436,9 @@ def _check(c: TrainConfig) -> None:
         if f.foreground_weight:
             fail("flow.foreground_weight", "weighs the error against the data; motion_adapter.target: caption "
                  "matches the frozen model's prediction instead: remove it")
+        if f.input_blur:
+            fail("flow.input_blur", "changes the flow-matching target; motion_adapter.target: caption matches the "
+                 "frozen model's prediction instead: remove it")
     if not 0 <= ma.synthetic_references <= 1:
         fail("motion_adapter.synthetic_references", f"must be in [0, 1], got {ma.synthetic_references}")
     speed = ma.synthetic_speed

@@ -78,17 +78,52 @@ def foreground_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
     return (1 + strength * m).view(x0.shape[0], 1, *x0.shape[2:])
 
 
+def blur_matrices(size: int, stds: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian blur along one axis of ``size`` positions, as matrices ``(B, size, size)``: row ``i``
+    holds ``exp(-(i - j)^2 / (2 std^2))`` normalised to sum to 1 over the positions inside the axis, so a constant
+    stays constant up to the border. A std of 0 gives the identity."""
+    position = torch.arange(size, dtype=torch.float32, device=stds.device)
+    distance = (position[:, None] - position[None, :]).pow(2)  # (size, size)
+    variance = 2 * stds.float().view(-1, 1, 1).pow(2)
+    logits = torch.where(variance > 0, -distance / variance.clamp_min(1e-12),
+                         torch.where(distance == 0, 0.0, -torch.inf))
+    return torch.softmax(logits, dim=-1)
+
+
+def blurred_latents(x0: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """``x0`` ``(B, C, T, H, W)`` blurred over H and W, each frame and channel alike, by a Gaussian of the
+    per-clip std ``stds`` (latent pixels)."""
+    rows, columns = blur_matrices(x0.shape[-2], stds), blur_matrices(x0.shape[-1], stds)
+    return torch.einsum("bij,bctjw,bkw->bctik", rows, x0.float(), columns)
+
+
+def input_blur_stds(sigmas: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """``flow.input_blur``'s per-clip blur: ``u * strength * s`` latent pixels, ``u`` uniform in [0, 1), at the
+    clip's noise level ``s``: none near the data, up to ``strength`` at pure noise."""
+    return torch.rand(sigmas.shape[0], generator=generator).to(sigmas.device) * strength * sigmas
+
+
 def velocity_error(transformer, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                   noise: torch.Tensor, foreground_weight: float = 0.0) -> torch.Tensor:
+                   noise: torch.Tensor, foreground_weight: float = 0.0, source: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """Mean squared error of the transformer's velocity prediction: ``x0`` noised to ``x_s = (1 - s) x0 + s noise``
     at the per-clip noise levels ``sigmas`` (timestep ``1000 s``), target ``noise - x0``. With
     ``foreground_weight`` > 0, a weighted mean with `foreground_weights` (normalised by the weights' mean, so
-    the loss keeps its scale)."""
-    prediction = predict_velocity(transformer, noised(x0, sigmas, noise), context, sigmas)
+    the loss keeps its scale).
+
+    ``source``: noise these latents instead of ``x0`` (``flow.input_blur``: ``x0`` blurred) and keep ``x0`` as
+    what the prediction leads to, ``x_s - s v = x0``: the target is ``(x_s - x0) / s = noise - x0 +
+    (1 - s) / s (source - x0)``."""
+    noisy = noised(x0 if source is None else source, sigmas, noise)
+    prediction = predict_velocity(transformer, noisy, context, sigmas)
+    target = (noise - x0).float()
+    if source is not None:
+        s = sigmas.view(-1, *([1] * (x0.dim() - 1))).float()
+        target = target + (1 - s) / s * (source.float() - x0.float())
     if not foreground_weight:
-        return F.mse_loss(prediction, (noise - x0).float())
+        return F.mse_loss(prediction, target)
     weights = foreground_weights(x0, foreground_weight)
-    error = (prediction - (noise - x0).float()).pow(2)
+    error = (prediction - target).pow(2)
     return (error * weights).mean() / weights.mean()
 
 
@@ -223,8 +258,11 @@ class FlowMatchingLoss(nn.Module):
             tokens = contextlib.nullcontext()
             if self.motion_adapter is not None and any(untoken):
                 tokens = self.motion_adapter.bypassed(torch.tensor(untoken))
+            source = None
+            if f.input_blur:
+                source = blurred_latents(x0, input_blur_stds(s, f.input_blur, generator))
             with tokens:
-                return velocity_error(self.transformer, x0, context, s, noise, f.foreground_weight)
+                return velocity_error(self.transformer, x0, context, s, noise, f.foreground_weight, source)
         noisy = noised(x0, s, noise)
         teacher_context = batch["teacher_embeds"] if "teacher_embeds" in batch else self.encode(batch["teacher_caption"])
         with torch.no_grad(), self.motion_adapter.bypassed():
