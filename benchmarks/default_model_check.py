@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
 
-from vmoba.cli.arguments import finite, positive_int  # noqa: E402
+from vmoba.cli.arguments import finite, natural_int, positive_int  # noqa: E402
 from vmoba.training.detector import MAX_ELONGATION  # noqa: E402
 
 MAX_AREA_CHANGE = 0.2  # largest frame-to-frame change of the shape's area that still counts as keeping its size
@@ -122,7 +122,10 @@ def reconstruct(vae, video: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a pipeline folder (default: the embedded default model)")
-    parser.add_argument("--seeds", type=positive_int, default=2, help="clips per prompt (seeds 0..N-1)")
+    parser.add_argument("--seeds", type=positive_int, default=2,
+                        help="clips per prompt (seeds F..F+N-1, F from --first-seed)")
+    parser.add_argument("--first-seed", type=natural_int, default=0,
+                        help="first seed; choose settings (guidance, steps) on other seeds than the ones reported")
     parser.add_argument("--steps", type=positive_int, default=20, help="denoising steps (the CLI's default)")
     parser.add_argument("--guidance-scale", type=finite, default=None,
                         help="classifier-free guidance (default: the model's own, as vmoba generate)")
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
 
     rows, t0 = [], time.perf_counter()
     for item in prompts:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             start = time.perf_counter()
             if pipe is None:
                 video = ground_truth_clip(item, seed, frames, size, args.radius)
@@ -243,7 +246,7 @@ def main(argv=None) -> int:
           f"match the prompt) {summary['color_direction_accuracy']:.1%}, the measure of earlier results; "
           f"{summary['seconds_per_clip']} s per clip")
     settings = {"model": args.model or "embedded default", "accuracy": "color, shape and direction all right",
-                "seeds": args.seeds, "steps": args.steps, "radius": args.radius, "from_noise": args.from_noise,
+                "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps, "radius": args.radius, "from_noise": args.from_noise,
                 "guidance_scale": args.guidance_scale, "attention": args.attention, "size": size, "frames": frames,
                 "command": "python benchmarks/default_model_check.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = write_json(args.name or f"default_model_check_{mode}.json",

@@ -31,6 +31,28 @@ def test_default_model_check_scores_ground_truth_clips_perfectly(tmp_path):
     assert "accuracy (color and direction match the prompt) 100.0%" in res.stdout
 
 
+def test_default_model_check_first_seed_renders_the_clips_of_those_seeds(tmp_path):
+    # --first-seed moves the seeds (settings are chosen on other seeds than the reported ones): the rows name
+    # seeds 5 and 6, and their clips are those seeds' renders, not seed 0's and 1's
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from default_model_check import ground_truth_clip
+
+    from vmoba.training.detector import detect_clip
+    from vmoba.training.shapes import prompt_grid
+
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/default_model_check.py"), "--ground-truth", "--limit",
+                    "2", "--seeds", "2", "--first-seed", "5", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, env=ENV)
+    data = json.loads((tmp_path / "default_model_check_ground_truth.json").read_text())
+    rows = data["clips"]
+    assert [r["seed"] for r in rows] == [5, 6, 5, 6] and data["settings"]["first_seed"] == 5
+    item = prompt_grid()[0]
+    areas = {seed: [round(a, 1) for a in detect_clip(ground_truth_clip(item, seed, 17, 64)).areas]
+             for seed in (0, 5)}
+    assert areas[0] != areas[5]
+    assert [round(a, 1) for a in rows[0]["frame_areas"]] == areas[5]
+
+
 def test_denoising_from_pure_noise_is_the_pipelines_own_generation():
     # --from-noise 1 starts from the same seeded noise the pipeline draws and takes every one of its steps, so
     # its clip must be the pipeline's (to the rounding of two float-to-uint8 conversions); lower levels start
