@@ -59,8 +59,9 @@ def test_shipped_model_draws_the_prompted_color_and_direction(pipe):
 def test_shipped_model_draws_a_square_where_it_is_asked_for_one_and_a_circle_where_a_circle(pipe):
     """Each pair of prompts differs only in "circle" / "square" (same color, direction and seed). The detector's
     fourfold harmonic (0 for a disc, 0.43 for a square; it calls a square from half that) must be higher for
-    the square, by 0.06 on average. The model shipped before stage 2h (flow.input_blur) drew the same blob for
-    both: 0.011 on average, the square higher in 6 of 8 by at most 0.035; stage 2h measured 0.113, 8 of 8."""
+    the square, by 0.15 on average. The model shipped before stage 2h (flow.input_blur) drew the same blob for
+    both: 0.011 on average, the square higher in 6 of 8 by at most 0.035; stage 2h continued once (2b) measured
+    0.113, 8 of 8, and continued twice (2c, shipped) 0.324, 8 of 8."""
     pairs = [("red", "right"), ("green", "left"), ("blue", "up"), ("yellow", "down"), ("red", "down"),
              ("green", "up"), ("blue", "left"), ("yellow", "right")]
 
@@ -78,7 +79,7 @@ def test_shipped_model_draws_a_square_where_it_is_asked_for_one_and_a_circle_whe
     finally:
         vmoba.disable(pipe)
     differences = [square - circle for *_, circle, square in measured]
-    assert sum(d > 0 for d in differences) >= 7 and np.mean(differences) >= 0.06, measured
+    assert sum(d > 0 for d in differences) >= 7 and np.mean(differences) >= 0.15, measured
 
 
 def test_shipped_motion_adapter_steers_a_prompt_without_a_direction(pipe):
