@@ -246,7 +246,8 @@ def main(argv=None) -> int:
           f"match the prompt) {summary['color_direction_accuracy']:.1%}, the measure of earlier results; "
           f"{summary['seconds_per_clip']} s per clip")
     settings = {"model": args.model or "embedded default", "accuracy": "color, shape and direction all right",
-                "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps, "radius": args.radius, "from_noise": args.from_noise,
+                "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps, "radius": args.radius,
+                "from_noise": args.from_noise,
                 "guidance_scale": args.guidance_scale, "attention": args.attention, "size": size, "frames": frames,
                 "command": "python benchmarks/default_model_check.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = write_json(args.name or f"default_model_check_{mode}.json",
