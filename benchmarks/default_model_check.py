@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import vmoba
-    from vmoba.pipelines import DEFAULT_VMOBA_CONFIG, load_default_pipeline
+    from vmoba.pipelines import load_pipeline
     from vmoba.pipelines.default import DEFAULT_SIZE
     from vmoba.training.detector import detect_clip
     from vmoba.training.shapes import prompt_grid
@@ -172,16 +172,21 @@ def main(argv=None) -> int:
             check_radius(args.radius)
         except ValueError as exc:
             parser.error(f"--radius: {exc}")
-    if args.autoencoder:
-        vae = load_default_pipeline(args.model).vae
-    elif not args.ground_truth:
-        pipe = load_default_pipeline(args.model)
-        if not pipe.vmoba_trained:
+    if not args.ground_truth:
+        try:  # the model's own sampling settings (attention config, guidance) come with it: pipe.vmoba_defaults
+            pipe = load_pipeline(args.model)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(f"--model {args.model}: {exc}" if args.model else str(exc))
+        if not getattr(pipe, "vmoba_trained", True):
             print("note: the default model has random weights; expect chance-level accuracy", file=sys.stderr)
-        pipe.set_progress_bar_config(disable=True)
-        processors = vmoba.enable(pipe, DEFAULT_VMOBA_CONFIG) if args.attention == "vmoba" else {}
-        if args.guidance_scale is None:
-            args.guidance_scale = pipe.config.default_guidance_scale
+        defaults = pipe.vmoba_defaults
+        if args.autoencoder:
+            vae, pipe = pipe.vae, None
+        else:
+            pipe.set_progress_bar_config(disable=True)
+            processors = vmoba.enable(pipe, defaults.vmoba_config) if args.attention == "vmoba" else {}
+            if args.guidance_scale is None:
+                args.guidance_scale = defaults.guidance_scale
 
     rows, t0 = [], time.perf_counter()
     for item in prompts:
