@@ -105,7 +105,7 @@ def test_shipped_motion_adapter_steers_a_prompt_without_a_direction(pipe):
             plain.append(detect_clip(without).direction == direction)
     finally:
         vmoba.disable(pipe)
-    # the full check (benchmarks/motion_reference_check.py, 96 clips) measured 100% (also 100% at other seeds); here
+    # the full check (benchmarks/motion_reference_check.py, 96 clips) measured 100% (2c also at other seeds); here
     # at most one may miss, and the adapter must beat the same prompts without it
     assert sum(follows) >= 7 and sum(follows) > sum(plain) + 2, (follows, plain)
 

@@ -23,7 +23,7 @@ NOTE = """
 **What to expect.** The embedded default is a tiny Wan-architecture model trained here on clips of coloured
 shapes ("a red circle moves right"): it knows colours and four directions and draws both right in all 96
 clips of its check, keeping the colour in every frame and the size in 95% of them at its guidance of 2 (at 5
-its shapes are squashed along their motion); the shape is right in 88% (circles most often, triangles least).
+its shapes are squashed along their motion); the shape is right in 92% (squares most often).
 Its transformer sees only
 5 x 8 x 8 = 320 tokens, so **sparse attention cannot be faster than dense on it**: choosing blocks costs more
 than the attention it saves, and the time ratio of a compare run says so. VMoBA pays off at tens of thousands of
