@@ -61,7 +61,7 @@ def test_shipped_model_draws_a_square_where_it_is_asked_for_one_and_a_circle_whe
     fourfold harmonic (0 for a disc, 0.43 for a square; it calls a square from half that) must be higher for
     the square, by 0.15 on average. The model shipped before stage 2h (flow.input_blur) drew the same blob for
     both: 0.011 on average, the square higher in 6 of 8 by at most 0.035; stage 2h continued once (2b) measured
-    0.113, 8 of 8, and continued twice (2c) 0.324, 8 of 8; the shipped third continuation (2d) passes."""
+    0.113, 8 of 8, and continued twice (2c) 0.324, 8 of 8; the shipped refinement (2d) passes."""
     pairs = [("red", "right"), ("green", "left"), ("blue", "up"), ("yellow", "down"), ("red", "down"),
              ("green", "up"), ("blue", "left"), ("yellow", "right")]
 

@@ -28,8 +28,8 @@ MOTION_NOTE = """
 energy averaged over the frame: direction and speed, not where things are or what they look like) and steers a
 new clip of the prompt that way; leave the direction out of the prompt ("a red circle"). On rendered references
 of another colour and shape the generated clip moves as the reference in 100% of 96 clips, 25% without the
-adapter; on a photo it never trained on, random dots or a grating, at 1 or 2 px/frame,
-in 99% of 96 (`docs/training.md`, "Motion reference"). `vmoba generate "a red circle" --motion-reference clip.mp4`
+adapter; on a photo it never trained on, random dots or a grating, at 1 or 2 px/frame, in 99% of 96
+(`docs/training.md`, "Motion reference"). `vmoba generate "a red circle" --motion-reference clip.mp4`
 does the same from a terminal. The model knows four directions: the photo example, moving right and up, gives
 a clip moving up.
 """
